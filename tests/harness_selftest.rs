@@ -42,16 +42,8 @@ fn knot_answers_dig_and_raw_clients() {
     assert_eq!(
         r.answer_keys(),
         vec![
-            (
-                "alias.harness.test.".into(),
-                "CNAME".into(),
-                "www.harness.test.".into()
-            ),
-            (
-                "www.harness.test.".into(),
-                "AAAA".into(),
-                "2001:db8::80".into()
-            ),
+            ("alias.harness.test.".into(), "CNAME".into(), "www.harness.test.".into()),
+            ("www.harness.test.".into(), "AAAA".into(), "2001:db8::80".into()),
         ],
         "{}",
         r.raw
@@ -63,17 +55,10 @@ fn knot_answers_dig_and_raw_clients() {
     assert_eq!(r.authority_soa()[0].name, "harness.test.");
 
     let r = dig_parsed(knot.addr(), &["+tcp", "www.harness.test", "AAAA"]);
-    assert_eq!(
-        r.answer_rdata("AAAA"),
-        vec!["2001:db8::80".to_string()],
-        "{}",
-        r.raw
-    );
+    assert_eq!(r.answer_rdata("AAAA"), vec!["2001:db8::80".to_string()], "{}", r.raw);
 
     // Raw UDP and TCP, with exact letter case and ID.
-    let q = QueryBuilder::new("WwW.HaRnEsS.TeSt", RecordType::A)
-        .id(0x4242)
-        .build();
+    let q = QueryBuilder::new("WwW.HaRnEsS.TeSt", RecordType::A).id(0x4242).build();
     for reply in [
         udp_exchange(knot.addr(), &q, EXCHANGE_TIMEOUT).unwrap(),
         tcp_exchange(knot.addr(), &q, EXCHANGE_TIMEOUT).unwrap(),
@@ -83,10 +68,7 @@ fn knot_answers_dig_and_raw_clients() {
         assert_eq!(w.id(), 0x4242);
         assert!(w.qr() && w.aa() && w.rd() && !w.tc());
         assert_eq!(w.rcode(), 0);
-        assert_eq!(
-            w.question_bytes().unwrap(),
-            Wire::parse(&q).question_bytes().unwrap()
-        );
+        assert_eq!(w.question_bytes().unwrap(), Wire::parse(&q).question_bytes().unwrap());
         assert_eq!(w.question_name().unwrap(), "WwW.HaRnEsS.TeSt.");
         assert_eq!(
             w.addresses(Section::Answer),
@@ -160,11 +142,7 @@ fn raw_client_can_send_from_a_chosen_loopback_address() {
             std::net::IpAddr::V4(v4) => v4,
             _ => unreachable!(),
         };
-        m.add_answer(Record::from_rdata(
-            m.queries[0].name().clone(),
-            5,
-            RData::A(ip.into()),
-        ));
+        m.add_answer(Record::from_rdata(m.queries[0].name().clone(), 5, RData::A(ip.into())));
         Some(m.to_vec().unwrap())
     });
     let q = QueryBuilder::new("who.am.i", RecordType::A).build();
@@ -176,12 +154,7 @@ fn raw_client_can_send_from_a_chosen_loopback_address() {
     }
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 4);
-    assert_eq!(
-        reqs.iter()
-            .filter(|r| r.transport == Transport::Tcp)
-            .count(),
-        2
-    );
+    assert_eq!(reqs.iter().filter(|r| r.transport == Transport::Tcp).count(), 2);
     assert_eq!(fake.requests_for("WHO.am.i").len(), 4);
 }
 
@@ -223,11 +196,7 @@ fn wire_reader_survives_garbage() {
     let mut m = vec![0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
     m.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
     let w = Wire::parse(&m);
-    assert!(
-        w.error.as_deref().unwrap().contains("loop"),
-        "{:?}",
-        w.error
-    );
+    assert!(w.error.as_deref().unwrap().contains("loop"), "{:?}", w.error);
 }
 
 #[test]
@@ -263,10 +232,7 @@ fn process_wrapper_reads_bound_lines_and_kills_on_drop() {
     )
     .unwrap();
     assert_eq!(p.udp_addrs().len(), 2);
-    assert_eq!(
-        p.tcp_addrs()[0],
-        "[::1]:5353".parse::<SocketAddr>().unwrap()
-    );
+    assert_eq!(p.tcp_addrs()[0], "[::1]:5353".parse::<SocketAddr>().unwrap());
 
     // A program that exits early is reported with its log.
     let err = Proxy::spawn(
@@ -290,22 +256,13 @@ fn process_wrapper_reads_bound_lines_and_kills_on_drop() {
 #[test]
 fn bound_line_parser_follows_the_contract() {
     let cases = [
-        (
-            "bound udp 127.0.0.1:40123",
-            Some((Transport::Udp, "127.0.0.1:40123")),
-        ),
+        ("bound udp 127.0.0.1:40123", Some((Transport::Udp, "127.0.0.1:40123"))),
         (
             "2026-01-01T00:00:00Z INFO dnsbridge::net: bound tcp 127.0.2.53:53",
             Some((Transport::Tcp, "127.0.2.53:53")),
         ),
-        (
-            "bound udp [::1]:53 (listener 0)",
-            Some((Transport::Udp, "[::1]:53")),
-        ),
-        (
-            "bound udp \"127.0.0.1:9\"",
-            Some((Transport::Udp, "127.0.0.1:9")),
-        ),
+        ("bound udp [::1]:53 (listener 0)", Some((Transport::Udp, "[::1]:53"))),
+        ("bound udp \"127.0.0.1:9\"", Some((Transport::Udp, "127.0.0.1:9"))),
         ("binding udp 127.0.0.1:9", None),
         ("bound udp nonsense", None),
     ];

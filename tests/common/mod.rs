@@ -236,11 +236,7 @@ impl Knot {
         );
         for (i, z) in zones.iter().enumerate() {
             let file = root.join("zones").join(format!("{i}.zone"));
-            std::fs::write(
-                &file,
-                format!("$ORIGIN {}\n$TTL 3600\n{}\n", z.origin, z.text),
-            )
-            .unwrap();
+            std::fs::write(&file, format!("$ORIGIN {}\n$TTL 3600\n{}\n", z.origin, z.text)).unwrap();
             conf.push_str(&format!(
                 "  - domain: \"{}\"\n    file: \"{}\"\n",
                 z.origin,
@@ -273,11 +269,7 @@ impl Knot {
     /// (Re)starts knotd on the same address, port and zones, and waits until
     /// every zone answers an SOA query.
     pub fn start(&mut self) {
-        assert!(
-            self.child.is_none(),
-            "knot already running on {}",
-            self.addr
-        );
+        assert!(self.child.is_none(), "knot already running on {}", self.addr);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -324,11 +316,7 @@ impl Knot {
         match udp_exchange(self.addr, &q, Duration::from_millis(200)) {
             Ok(reply) => {
                 let w = Wire::parse(&reply);
-                w.rcode() == 0
-                    && w.aa()
-                    && w.answers()
-                        .iter()
-                        .any(|r| r.rtype == u16::from(RecordType::SOA))
+                w.rcode() == 0 && w.aa() && w.answers().iter().any(|r| r.rtype == u16::from(RecordType::SOA))
             }
             Err(_) => false,
         }
@@ -416,9 +404,7 @@ fn capture(log: Arc<LogBuf>, stream: Stream, pipe: impl Read + Send + 'static) -
             match reader.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\n', '\r'])
-                        .to_string();
+                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
                     log.inner.lock().unwrap().lines.push((stream, line));
                     log.cond.notify_all();
                 }
@@ -458,15 +444,11 @@ pub enum Transport {
 /// the binary and this harness): the address token follows right after.
 pub fn parse_bound_line(line: &str) -> Option<(Transport, SocketAddr)> {
     let line = strip_ansi(line);
-    for (marker, transport) in [
-        ("bound udp ", Transport::Udp),
-        ("bound tcp ", Transport::Tcp),
-    ] {
+    for (marker, transport) in [("bound udp ", Transport::Udp), ("bound tcp ", Transport::Tcp)] {
         if let Some(pos) = line.find(marker) {
             let rest = &line[pos + marker.len()..];
             let token = rest.split_whitespace().next()?;
-            let token =
-                token.trim_matches(|c: char| matches!(c, '"' | '\'' | ',' | ';' | ')' | '('));
+            let token = token.trim_matches(|c: char| matches!(c, '"' | '\'' | ',' | ';' | ')' | '('));
             return token.parse().ok().map(|a| (transport, a));
         }
     }
@@ -697,10 +679,7 @@ impl ConfigFile {
 
 /// Writes `yaml` to a fresh `config.yaml`.
 pub fn write_config(yaml: &str) -> ConfigFile {
-    let dir = tempfile::Builder::new()
-        .prefix("dnsbridge-config")
-        .tempdir()
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("dnsbridge-config").tempdir().unwrap();
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, yaml).unwrap();
     ConfigFile { _dir: dir, path }
@@ -885,8 +864,7 @@ impl DigReply {
                     if t.starts_with(';') {
                         continue;
                     }
-                    let rec =
-                        parse_dig_record(t).ok_or_else(|| format!("bad record line `{t}`"))?;
+                    let rec = parse_dig_record(t).ok_or_else(|| format!("bad record line `{t}`"))?;
                     match sec {
                         Sec::Answer => r.answer.push(rec),
                         Sec::Authority => r.authority.push(rec),
@@ -972,12 +950,7 @@ pub fn udp_exchange(server: SocketAddr, query: &[u8], timeout: Duration) -> io::
 }
 
 /// [`udp_exchange`] from a socket bound to `local` (e.g. 127.0.0.2).
-pub fn udp_exchange_from(
-    local: IpAddr,
-    server: SocketAddr,
-    query: &[u8],
-    timeout: Duration,
-) -> io::Result<Vec<u8>> {
+pub fn udp_exchange_from(local: IpAddr, server: SocketAddr, query: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
     assert_local(&server);
     let sock = UdpSocket::bind((local, 0))?;
     sock.send_to(query, server)?;
@@ -991,12 +964,7 @@ pub fn udp_exchange_from(
         sock.set_read_timeout(Some(deadline - now))?;
         let (n, from) = match sock.recv_from(&mut buf) {
             Ok(x) => x,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "no UDP reply"));
             }
             Err(e) => return Err(e),
@@ -1016,18 +984,13 @@ pub fn udp_send(sock: &UdpSocket, server: SocketAddr, bytes: &[u8]) -> io::Resul
     sock.send_to(bytes, server)
 }
 
-fn tcp_connect(
-    local: Option<IpAddr>,
-    server: SocketAddr,
-    timeout: Duration,
-) -> io::Result<TcpStream> {
+fn tcp_connect(local: Option<IpAddr>, server: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     assert_local(&server);
     let stream = match local {
         None => TcpStream::connect_timeout(&server, timeout)?,
         Some(ip) => {
             let domain = socket2::Domain::for_address(server);
-            let s =
-                socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+            let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
             s.bind(&SocketAddr::new(ip, 0).into())?;
             s.connect_timeout(&server.into(), timeout)?;
             s.into()
@@ -1048,12 +1011,7 @@ pub fn tcp_exchange(server: SocketAddr, query: &[u8], timeout: Duration) -> io::
 }
 
 /// [`tcp_exchange`] from a socket bound to `local`.
-pub fn tcp_exchange_from(
-    local: IpAddr,
-    server: SocketAddr,
-    query: &[u8],
-    timeout: Duration,
-) -> io::Result<Vec<u8>> {
+pub fn tcp_exchange_from(local: IpAddr, server: SocketAddr, query: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
     let mut s = tcp_connect(Some(local), server, timeout)?;
     tcp_send_msg(&mut s, query)?;
     tcp_read_msg(&mut s)
@@ -1139,8 +1097,7 @@ impl QueryBuilder {
         self
     }
     pub fn message(&self) -> Message {
-        let mut name =
-            Name::from_ascii(&self.name).unwrap_or_else(|e| panic!("name {}: {e}", self.name));
+        let mut name = Name::from_ascii(&self.name).unwrap_or_else(|e| panic!("name {}: {e}", self.name));
         name.set_fqdn(true);
         let mut m = Message::new(self.id, MessageType::Query, self.opcode);
         m.metadata.recursion_desired = self.rd;
@@ -1193,11 +1150,7 @@ pub fn reply_to(query: &[u8]) -> Message {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 // ---------------------------------------------------------------------------
@@ -1249,9 +1202,7 @@ fn read_name(msg: &[u8], mut pos: usize) -> Result<(String, usize), String> {
                     }
                     return Ok((name, end.unwrap_or(pos + 1)));
                 }
-                let label = msg
-                    .get(pos + 1..pos + 1 + len)
-                    .ok_or("label runs past the end")?;
+                let label = msg.get(pos + 1..pos + 1 + len).ok_or("label runs past the end")?;
                 for &b in label {
                     if b == b'.' || b == b'\\' || !b.is_ascii_graphic() {
                         name.push_str(&format!("\\{b:03}"));
@@ -1331,9 +1282,7 @@ impl Wire {
                         .unwrap(),
                 );
                 let rdlen = be16(b, p + 8).ok_or("record runs past the end")? as usize;
-                let rdata = b
-                    .get(p + 10..p + 10 + rdlen)
-                    .ok_or("rdata runs past the end")?;
+                let rdata = b.get(p + 10..p + 10 + rdlen).ok_or("rdata runs past the end")?;
                 self.records.push(WireRecord {
                     section,
                     name,
@@ -1527,10 +1476,7 @@ impl FakeRequest {
     }
     /// The question name, lower-cased, with a trailing dot.
     pub fn qname_lower(&self) -> String {
-        self.wire()
-            .question_name()
-            .unwrap_or_default()
-            .to_ascii_lowercase()
+        self.wire().question_name().unwrap_or_default().to_ascii_lowercase()
     }
 }
 
@@ -1551,9 +1497,7 @@ pub struct FakeUpstream {
 pub const FAKE_UPSTREAM_MAX_QUERIES: usize = 20_000;
 
 impl FakeUpstream {
-    pub fn start(
-        handler: impl Fn(&FakeRequest) -> Option<Vec<u8>> + Send + Sync + 'static,
-    ) -> FakeUpstream {
+    pub fn start(handler: impl Fn(&FakeRequest) -> Option<Vec<u8>> + Send + Sync + 'static) -> FakeUpstream {
         FakeUpstream::start_at(LOCALHOST, handler)
     }
 
@@ -1578,15 +1522,9 @@ impl FakeUpstream {
         let count = Arc::new(AtomicUsize::new(0));
         let mut threads = Vec::new();
 
-        udp.set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         {
-            let (stop, requests, handler, count) = (
-                stop.clone(),
-                requests.clone(),
-                handler.clone(),
-                count.clone(),
-            );
+            let (stop, requests, handler, count) = (stop.clone(), requests.clone(), handler.clone(), count.clone());
             threads.push(thread::spawn(move || {
                 let mut buf = vec![0u8; 65535];
                 while !stop.load(Ordering::Relaxed) {
@@ -1610,23 +1548,14 @@ impl FakeUpstream {
         }
         tcp.set_nonblocking(true).unwrap();
         {
-            let (stop, requests, handler, count) = (
-                stop.clone(),
-                requests.clone(),
-                handler.clone(),
-                count.clone(),
-            );
+            let (stop, requests, handler, count) = (stop.clone(), requests.clone(), handler.clone(), count.clone());
             threads.push(thread::spawn(move || {
                 let mut conns = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     match tcp.accept() {
                         Ok((stream, peer)) => {
-                            let (stop, requests, handler, count) = (
-                                stop.clone(),
-                                requests.clone(),
-                                handler.clone(),
-                                count.clone(),
-                            );
+                            let (stop, requests, handler, count) =
+                                (stop.clone(), requests.clone(), handler.clone(), count.clone());
                             conns.push(thread::spawn(move || {
                                 serve_tcp_conn(stream, peer, &stop, &requests, &*handler, &count)
                             }));
@@ -1685,12 +1614,7 @@ fn serve_tcp_conn(
         let mut len = [0u8; 2];
         match stream.read_exact(&mut len) {
             Ok(()) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 continue;
             }
             Err(_) => return,
@@ -1757,5 +1681,12 @@ impl Rng {
     }
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.byte()).collect()
+    }
+}
+
+impl From<(&str, &str)> for Zone {
+    /// `(origin, zone file text)`.
+    fn from((origin, text): (&str, &str)) -> Zone {
+        zone(origin, text)
     }
 }
