@@ -265,12 +265,25 @@ impl Env {
         let up = Upstreams::start();
         let config = write_config(&config_yaml(&main_routes(&up)));
         let proxy = start_proxy(&config, up.a.addr(), extra);
+        // Clients retry a truncated UDP answer over TCP on the same address and
+        // port: one --listen serves both.
+        assert_eq!(
+            proxy.udp(),
+            proxy.tcp(),
+            "UDP and TCP listeners differ:\n{}",
+            proxy.log()
+        );
         Env { up, config, proxy }
     }
 
-    /// `dig @proxy ARGS` (UDP, EDNS, real-client defaults).
+    /// `dig @proxy ARGS` (UDP unless `+tcp`; EDNS and real-client defaults).
     fn dig(&self, args: &[&str]) -> DigReply {
-        dig_parsed(self.proxy.udp(), args)
+        let server = if args.iter().any(|a| *a == "+tcp" || *a == "+vc") {
+            self.proxy.tcp()
+        } else {
+            self.proxy.udp()
+        };
+        dig_parsed(server, args)
     }
 
     fn udp(&self, q: &QueryBuilder) -> Wire {
