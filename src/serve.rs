@@ -358,10 +358,15 @@ impl Shared {
     fn upstreams_prober(self: &Arc<Self>) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut last_rotation = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let Some(me) = me.upgrade() else { return };
                 me.upstreams.probe_down().await;
+                if last_rotation.elapsed() >= Upstreams::rotate_every() {
+                    me.upstreams.rotate().await;
+                    last_rotation = tokio::time::Instant::now();
+                }
             }
         });
     }
