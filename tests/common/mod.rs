@@ -1690,3 +1690,62 @@ impl From<(&str, &str)> for Zone {
         zone(origin, text)
     }
 }
+
+// ---------------------------------------------------------------------------
+// Signals and exit status of a running Proxy (added for serve_production)
+// ---------------------------------------------------------------------------
+
+impl Proxy {
+    /// Sends signal `sig` (such as `libc::SIGTERM` or `libc::SIGHUP`) to the
+    /// process. Returns false if it could not be delivered (already exited).
+    pub fn signal(&mut self, sig: libc::c_int) -> bool {
+        if !self.is_alive() {
+            return false;
+        }
+        // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) == 0 }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself and returns
+    /// its exit status, or None if it is still running then (it is left
+    /// running: drop or [`Proxy::kill`] ends it).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// How many captured lines contain `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        let inner = self.log.inner.lock().unwrap();
+        inner.lines.iter().filter(|(_, l)| l.contains(needle)).count()
+    }
+
+    /// Waits until more than `before` captured lines contain `needle`.
+    pub fn wait_for_log_count(&self, needle: &str, before: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.log.inner.lock().unwrap();
+        loop {
+            if inner.lines.iter().filter(|(_, l)| l.contains(needle)).count() > before {
+                return true;
+            }
+            let now = Instant::now();
+            if now > deadline {
+                return false;
+            }
+            inner = self
+                .log
+                .cond
+                .wait_timeout(inner, (deadline - now).min(Duration::from_millis(50)))
+                .unwrap()
+                .0;
+        }
+    }
+}
