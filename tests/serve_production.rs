@@ -216,6 +216,28 @@ fn start_proxy(config: &ConfigFile, upstreams: &[SocketAddr], extra: &[&str]) ->
     Proxy::start(&args)
 }
 
+/// Waits until the proxy's config watcher demonstrably reacts to a rewrite
+/// (the same text, by rename, until a reload is logged; at most 5 tries).
+///
+/// The watcher takes its first look at the file only some time after the
+/// listeners are bound, and misses a change made before that: that startup
+/// race is what `a_config_change_right_after_start_is_not_missed` tests. The
+/// other reload tests call this first so that each tests its own behaviour.
+fn arm_watcher(proxy: &Proxy, path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    for _ in 0..5 {
+        let before = proxy.count_log("config reloaded");
+        write_by_rename(path, &text);
+        if proxy.wait_for_log_count("config reloaded", before, Duration::from_secs(2)) {
+            return;
+        }
+    }
+    panic!(
+        "the config watcher never reloaded an unchanged rewrite:\n{}",
+        proxy.log()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Clients
 // ---------------------------------------------------------------------------
@@ -971,7 +993,7 @@ fn with_every_upstream_dead_an_expired_name_is_served_stale_and_an_uncached_one_
 /// An upstream that answers every query first with forgeries, then (50 ms
 /// later) with the genuine answer A 192.0.2.80:
 /// - the right question with the wrong ID,
-/// - the right ID with another name, and with another type,
+/// - the right ID with another name (poison.fake.test), and with another type,
 /// - the right ID and question from another port and from another address.
 ///
 /// Each forgery says A 6.6.6.6.
@@ -1032,7 +1054,12 @@ impl Forger {
                     seen.lock()
                         .unwrap()
                         .push((id, peer, name.to_ascii().to_ascii_lowercase()));
-                    let evil = Name::from_ascii("evil.fake.test.").unwrap();
+                    // A forgery for another question: never the question itself.
+                    let evil = if name.to_ascii().eq_ignore_ascii_case("poison.fake.test.") {
+                        Name::from_ascii("poison2.fake.test.").unwrap()
+                    } else {
+                        Name::from_ascii("poison.fake.test.").unwrap()
+                    };
                     let other_type = if qtype == A { RecordType::TXT } else { A };
                     let forgeries = [
                         a_answer(&q, id ^ 0x5a5a, &name, qtype, FORGED),
@@ -1094,10 +1121,10 @@ fn spoofed_answers_with_the_wrong_id_question_or_source_are_ignored() {
         let w = ask_udp(server, name, A);
         assert_eq!(addrs(&w), vec![genuine], "{name} from cache:\n{}", w.dump());
     }
-    // The forgery that named another question did not land in the cache
-    // under that name either.
-    let w = ask_udp(server, "evil.fake.test", A);
-    assert_eq!(addrs(&w), vec![genuine], "evil.fake.test:\n{}", w.dump());
+    // The forgeries that named another question (poison.fake.test) did not
+    // land in the cache under that name either.
+    let w = ask_udp(server, "poison.fake.test", A);
+    assert_eq!(addrs(&w), vec![genuine], "poison.fake.test:\n{}", w.dump());
 
     // Upstream queries carry random IDs from rotating random ports.
     let before: Vec<_> = forger.seen();
@@ -1176,6 +1203,7 @@ fn reload_under_load_by_rename_in_place_and_sighup_drops_no_query_and_rejects_an
         "the first route is not served:\n{}",
         proxy.log()
     );
+    arm_watcher(&proxy, &path);
 
     // The load: 4 clients, each one query at a time, until told to stop
     // (at most 20 s and 20,000 queries each).
@@ -1367,6 +1395,7 @@ fn a_reload_that_changes_a_route_drops_its_cached_answer_and_keeps_the_others() 
     let config = write_config(&config_yaml(&before));
     let proxy = start_proxy(&config, &[knot.addr()], &[]);
     let server = proxy.udp();
+    arm_watcher(&proxy, config.path());
 
     let w = ask_udp(server, "svc.corp.example", A);
     assert_eq!(addrs(&w), vec![t_addr(1)], "{}", w.dump());
@@ -1667,6 +1696,9 @@ fn sigterm_exits_zero_promptly() {
     let w = ask_udp(proxy.udp(), "svc.corp.example", A);
     assert_eq!(addrs(&w), vec![t_addr(1)], "{}", w.dump());
     let _idle_tcp = tcp_stream(proxy.tcp(), Duration::from_secs(5)).unwrap();
+    // Steady state: a moment after start-up (signals during start-up are
+    // `signals_right_after_the_listeners_are_bound_are_handled`).
+    thread::sleep(Duration::from_millis(500));
 
     let t = Instant::now();
     assert!(proxy.signal(libc::SIGTERM));
@@ -1680,6 +1712,78 @@ fn sigterm_exits_zero_promptly() {
         proxy.log()
     );
     eprintln!("exited {status} {took:?} after SIGTERM");
+}
+
+/// The proxy announces its listeners (and answers queries) before it
+/// installs its signal handlers: in that window SIGHUP, the reload signal,
+/// kills it (the default action), and SIGTERM ends it by the signal instead
+/// of a drain and exit 0. A config syncer or systemd may signal at any time.
+#[test]
+fn signals_right_after_the_listeners_are_bound_are_handled() {
+    let knot = knot_a();
+    let config = write_config(&config_yaml(&[route("svc.corp.example", "t1.prod.test")]));
+    let mut killed_by_hup = 0;
+    let mut bad_term = Vec::new();
+    for round in 0..3 {
+        let mut proxy = start_proxy(&config, &[knot.addr()], &[]);
+        assert!(proxy.signal(libc::SIGHUP));
+        let still = poll(Duration::from_secs(5), Duration::from_millis(50), || {
+            try_udp(proxy.udp(), "svc.corp.example", A, Duration::from_secs(1)).ok()
+        });
+        match still {
+            Some(w) => assert_eq!(addrs(&w), vec![t_addr(1)], "{}", w.dump()),
+            None => {
+                let status = proxy.wait_exit(Duration::from_secs(1));
+                eprintln!("round {round}: SIGHUP right after start: not answering, exit {status:?}");
+                killed_by_hup += 1;
+            }
+        }
+        drop(proxy);
+
+        let mut proxy = start_proxy(&config, &[knot.addr()], &[]);
+        assert!(proxy.signal(libc::SIGTERM));
+        let status = proxy.wait_exit(Duration::from_secs(8));
+        if status.and_then(|s| s.code()) != Some(0) {
+            bad_term.push(format!("{status:?}"));
+        }
+    }
+    assert_eq!(
+        killed_by_hup, 0,
+        "SIGHUP sent right after the `bound` lines killed the proxy in {killed_by_hup} of 3 rounds \
+         (signal handlers are installed only after the listeners serve)"
+    );
+    assert!(
+        bad_term.is_empty(),
+        "SIGTERM sent right after the `bound` lines did not end in exit 0: {bad_term:?}"
+    );
+}
+
+/// A config file changed while the proxy starts (after it read the file,
+/// before its watcher first looked) must still be picked up.
+#[test]
+fn a_config_change_right_after_start_is_not_missed() {
+    let knot = knot_a();
+    let mut missed = Vec::new();
+    for round in 0..3 {
+        let config = write_config(&config_yaml(&[route("svc.corp.example", "t1.prod.test")]));
+        let proxy = start_proxy(&config, &[knot.addr()], &[]);
+        write_by_rename(
+            config.path(),
+            &config_yaml(&[route("svc.corp.example", "t2.prod.test")]),
+        );
+        let took = wait_for_route(proxy.udp(), "svc.corp.example", t_addr(2), Duration::from_secs(4));
+        eprintln!("round {round}: new route served after {took:?}");
+        if took.is_none_or(|t| t > Duration::from_secs(2)) {
+            missed.push(format!(
+                "round {round}: {took:?}; served {:?}",
+                routed_addr(proxy.udp(), "svc.corp.example")
+            ));
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "a config written right after start was not served within 2 s (the watcher missed it): {missed:?}"
+    );
 }
 
 #[test]
@@ -2039,6 +2143,7 @@ fn user_nobody_after_binding_port_53_runs_unprivileged_and_still_answers_and_rel
     }
 
     // Upstream sockets rotate onto new ports as nobody, and reloads work.
+    arm_watcher(&proxy, config.path());
     write_by_rename(
         config.path(),
         &config_yaml(&[
