@@ -147,7 +147,8 @@ mod tests {
 
     fn dest_of(t: &RouteTable, q: &str) -> Option<String> {
         let n = Name::parse(q).unwrap();
-        t.lookup_name(&n).map(|m| m.target(n.wire()).unwrap().to_string())
+        t.lookup_name(&n)
+            .map(|m| m.target(n.wire()).unwrap().to_string())
     }
 
     #[test]
@@ -159,9 +160,18 @@ mod tests {
         ];
         for perm in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
             let t = RouteTable::new(perm.iter().map(|&i| rs[i].clone()).collect());
-            assert_eq!(dest_of(&t, "Registry.EU.corp.example.").as_deref(), Some("exact.pub"));
-            assert_eq!(dest_of(&t, "npm.eu.corp.example").as_deref(), Some("eu.pub"));
-            assert_eq!(dest_of(&t, "a.b.eu.corp.example").as_deref(), Some("eu.pub"));
+            assert_eq!(
+                dest_of(&t, "Registry.EU.corp.example.").as_deref(),
+                Some("exact.pub")
+            );
+            assert_eq!(
+                dest_of(&t, "npm.eu.corp.example").as_deref(),
+                Some("eu.pub")
+            );
+            assert_eq!(
+                dest_of(&t, "a.b.eu.corp.example").as_deref(),
+                Some("eu.pub")
+            );
             assert_eq!(dest_of(&t, "npm.corp.example").as_deref(), Some("wild.pub"));
             assert_eq!(dest_of(&t, "corp.example"), None, "apex is not covered");
             assert_eq!(dest_of(&t, "eu.corp.example").as_deref(), Some("wild.pub"));
@@ -172,6 +182,9 @@ mod tests {
     #[test]
     fn wildcard_destination_keeps_prefix() {
         let t = RouteTable::new(vec![route(0, "*.corp.example", "*.mirror.pub")]);
-        assert_eq!(dest_of(&t, "a.b.corp.example").as_deref(), Some("a.b.mirror.pub"));
+        assert_eq!(
+            dest_of(&t, "a.b.corp.example").as_deref(),
+            Some("a.b.mirror.pub")
+        );
     }
 }

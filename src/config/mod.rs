@@ -249,7 +249,14 @@ struct Ctx<'t> {
 }
 
 impl Ctx<'_> {
-    fn push(&mut self, severity: Severity, rule: &'static str, node: &Node, message: String, hint: Option<String>) {
+    fn push(
+        &mut self,
+        severity: Severity,
+        rule: &'static str,
+        node: &Node,
+        message: String,
+        hint: Option<String>,
+    ) {
         let len = token_len(self.text, node.pos);
         self.diags.push(Diagnostic {
             severity,
@@ -270,13 +277,20 @@ impl Ctx<'_> {
 
     /// Reports keys of a mapping that are not in `allowed`, naming the nearest.
     fn check_keys(&mut self, map: &Node, allowed: &[&str], what: &str) {
-        let Kind::Map(entries) = &map.kind else { return };
+        let Kind::Map(entries) = &map.kind else {
+            return;
+        };
         let mut seen: HashMap<String, Pos> = HashMap::new();
         for (k, _) in entries {
             let key = k.as_key().unwrap_or_default();
             if let Some(first) = seen.get(&key) {
                 let first = *first;
-                self.error("duplicate-key", k, format!("`{key}` is set twice in this {what}"), None);
+                self.error(
+                    "duplicate-key",
+                    k,
+                    format!("`{key}` is set twice in this {what}"),
+                    None,
+                );
                 if let Some(d) = self.diags.last_mut() {
                     d.related.push((first, "first set here".into()));
                 }
@@ -288,7 +302,12 @@ impl Ctx<'_> {
                     Some(n) => Some(format!("did you mean `{n}`?")),
                     None => Some(format!("valid keys here: {}", allowed.join(", "))),
                 };
-                self.error("unknown-key", k, format!("unknown key `{key}` in {what}"), hint);
+                self.error(
+                    "unknown-key",
+                    k,
+                    format!("unknown key `{key}` in {what}"),
+                    hint,
+                );
             }
         }
     }
@@ -300,10 +319,16 @@ fn token_len(text: &str, pos: Pos) -> u32 {
     let Some(line) = text.lines().nth(pos.line.saturating_sub(1) as usize) else {
         return 1;
     };
-    let rest: String = line.chars().skip(pos.column.saturating_sub(1) as usize).collect();
+    let rest: String = line
+        .chars()
+        .skip(pos.column.saturating_sub(1) as usize)
+        .collect();
     let mut chars = rest.chars();
     let n = match chars.next() {
-        Some(q @ ('"' | '\'')) => chars.position(|c| c == q).map(|p| p + 2).unwrap_or(rest.chars().count()),
+        Some(q @ ('"' | '\'')) => chars
+            .position(|c| c == q)
+            .map(|p| p + 2)
+            .unwrap_or(rest.chars().count()),
         Some('[') | Some('{') => rest.trim_end().chars().count(),
         Some(_) => {
             let cut = rest.find(" #").unwrap_or(rest.len());
@@ -325,7 +350,11 @@ pub fn nearest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| {
-            let d = if c.to_ascii_lowercase() == lower { 0 } else { edit_distance(&lower, &c.to_ascii_lowercase()) };
+            let d = if c.to_ascii_lowercase() == lower {
+                0
+            } else {
+                edit_distance(&lower, &c.to_ascii_lowercase())
+            };
             (d, *c)
         })
         .filter(|(d, c)| *d <= 2.max(c.len() / 3))
@@ -349,7 +378,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[(i - 1) * w + j] + 1).min(d[i * w + j - 1] + 1).min(d[(i - 1) * w + j - 1] + cost);
+            let mut v = (d[(i - 1) * w + j] + 1)
+                .min(d[i * w + j - 1] + 1)
+                .min(d[(i - 1) * w + j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 v = v.min(d[(i - 2) * w + j - 2] + 1);
             }
@@ -417,7 +448,10 @@ fn read_block(cx: &mut Ctx<'_>, block: &Node, config: &mut Config) {
             cx.error(
                 "type",
                 block,
-                format!("`executorPrivateDNS` must be a mapping with `proxyTag` and `routes`, not {}", block.type_name()),
+                format!(
+                    "`executorPrivateDNS` must be a mapping with `proxyTag` and `routes`, not {}",
+                    block.type_name()
+                ),
                 None,
             );
             return;
@@ -427,7 +461,9 @@ fn read_block(cx: &mut Ctx<'_>, block: &Node, config: &mut Config) {
     if let Some(tag) = block.get("proxyTag") {
         config.proxy_tag = check_proxy_tag(cx, tag);
     }
-    let Some(routes) = block.get("routes") else { return };
+    let Some(routes) = block.get("routes") else {
+        return;
+    };
     let items = match &routes.kind {
         Kind::Seq(items) => items,
         Kind::Null => return,
@@ -435,7 +471,10 @@ fn read_block(cx: &mut Ctx<'_>, block: &Node, config: &mut Config) {
             cx.error(
                 "type",
                 routes,
-                format!("`routes` must be a list of routes, not {}", routes.type_name()),
+                format!(
+                    "`routes` must be a list of routes, not {}",
+                    routes.type_name()
+                ),
                 Some("start each route with `- source: ...`".into()),
             );
             return;
@@ -460,7 +499,20 @@ fn check_proxy_tag(cx: &mut Ctx<'_>, tag: &Node) -> Option<u64> {
         let f = |a: usize, b: usize| text[a..b].parse::<u32>().unwrap_or(99);
         let (y, mo, d, h, mi) = (f(0, 4), f(4, 6), f(6, 8), f(8, 10), f(10, 12));
         let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-        let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        let days = [
+            31,
+            if leap { 29 } else { 28 },
+            31,
+            30,
+            31,
+            30,
+            31,
+            31,
+            30,
+            31,
+            30,
+            31,
+        ];
         (2000..=2099).contains(&y)
             && (1..=12).contains(&mo)
             && d >= 1
@@ -494,7 +546,9 @@ fn scalar_str(node: &Node) -> Option<String> {
 
 fn name_error_hint(e: &NameError) -> Option<String> {
     match e {
-        NameError::BadChar { .. } => Some("a host name holds letters, digits, '-' and '_', separated by dots".into()),
+        NameError::BadChar { .. } => {
+            Some("a host name holds letters, digits, '-' and '_', separated by dots".into())
+        }
         NameError::MisplacedStar => Some("write a wildcard as `*.suffix`".into()),
         NameError::EmptyLabel(_) => Some("remove the extra dot".into()),
         _ => None,
@@ -506,7 +560,11 @@ fn read_route(cx: &mut Ctx<'_>, index: usize, item: &Node) -> Option<Route> {
         cx.error(
             "type",
             item,
-            format!("route {} must be a mapping with `source` and `destination`, not {}", index + 1, item.type_name()),
+            format!(
+                "route {} must be a mapping with `source` and `destination`, not {}",
+                index + 1,
+                item.type_name()
+            ),
             None,
         );
         return None;
@@ -515,7 +573,12 @@ fn read_route(cx: &mut Ctx<'_>, index: usize, item: &Node) -> Option<Route> {
     let mut ok = true;
     let source = match item.get("source") {
         None => {
-            cx.error("missing-key", item, format!("route {} has no `source`", index + 1), Some("add `source: <private name>`".into()));
+            cx.error(
+                "missing-key",
+                item,
+                format!("route {} has no `source`", index + 1),
+                Some("add `source: <private name>`".into()),
+            );
             ok = false;
             None
         }
@@ -555,14 +618,24 @@ fn read_route(cx: &mut Ctx<'_>, index: usize, item: &Node) -> Option<Route> {
     let flatten = item.get("flatten").and_then(|n| match n.kind {
         Kind::Bool(b) => Some(b),
         _ => {
-            cx.error("type", n, format!("`flatten` must be true or false, not {}", n.type_name()), None);
+            cx.error(
+                "type",
+                n,
+                format!("`flatten` must be true or false, not {}", n.type_name()),
+                None,
+            );
             None
         }
     });
     let ttl = item.get("ttl").and_then(|n| match n.kind {
         Kind::Int(i) if (0..=86400).contains(&i) => Some(i as u32),
         _ => {
-            cx.error("type", n, "`ttl` must be a number of seconds between 0 and 86400".into(), None);
+            cx.error(
+                "type",
+                n,
+                "`ttl` must be a number of seconds between 0 and 86400".into(),
+                None,
+            );
             None
         }
     });
@@ -601,7 +674,12 @@ fn read_route(cx: &mut Ctx<'_>, index: usize, item: &Node) -> Option<Route> {
 
 fn parse_source(cx: &mut Ctx<'_>, n: &Node) -> Option<(Source, Pos)> {
     let Some(text) = scalar_str(n) else {
-        cx.error("type", n, format!("`source` must be a name, not {}", n.type_name()), None);
+        cx.error(
+            "type",
+            n,
+            format!("`source` must be a name, not {}", n.type_name()),
+            None,
+        );
         return None;
     };
     let t = text.trim();
@@ -619,9 +697,21 @@ fn parse_source(cx: &mut Ctx<'_>, n: &Node) -> Option<(Source, Pos)> {
         None => (false, t),
     };
     match Name::parse(rest) {
-        Ok(name) => Some((if wild { Source::Wildcard(name) } else { Source::Exact(name) }, n.pos)),
+        Ok(name) => Some((
+            if wild {
+                Source::Wildcard(name)
+            } else {
+                Source::Exact(name)
+            },
+            n.pos,
+        )),
         Err(e) => {
-            cx.error("name-malformed", n, format!("source `{t}` is not a valid name: {e}"), name_error_hint(&e));
+            cx.error(
+                "name-malformed",
+                n,
+                format!("source `{t}` is not a valid name: {e}"),
+                name_error_hint(&e),
+            );
             None
         }
     }
@@ -635,7 +725,15 @@ fn parse_destination(cx: &mut Ctx<'_>, n: &Node) -> Option<(Destination, Pos)> {
                 match scalar_str(it) {
                     Some(s) => v.push((s, it)),
                     None => {
-                        cx.error("type", it, format!("a destination list holds IP addresses, not {}", it.type_name()), None);
+                        cx.error(
+                            "type",
+                            it,
+                            format!(
+                                "a destination list holds IP addresses, not {}",
+                                it.type_name()
+                            ),
+                            None,
+                        );
                         return None;
                     }
                 }
@@ -649,7 +747,15 @@ fn parse_destination(cx: &mut Ctx<'_>, n: &Node) -> Option<(Destination, Pos)> {
                 .map(|p| (p.to_string(), n))
                 .collect(),
             None => {
-                cx.error("type", n, format!("`destination` must be a name or IP addresses, not {}", n.type_name()), None);
+                cx.error(
+                    "type",
+                    n,
+                    format!(
+                        "`destination` must be a name or IP addresses, not {}",
+                        n.type_name()
+                    ),
+                    None,
+                );
                 return None;
             }
         },
@@ -658,7 +764,10 @@ fn parse_destination(cx: &mut Ctx<'_>, n: &Node) -> Option<(Destination, Pos)> {
         cx.error("missing-key", n, "`destination` is empty".into(), None);
         return None;
     }
-    let ips: Vec<Option<IpAddr>> = items.iter().map(|(s, _)| s.parse::<IpAddr>().ok()).collect();
+    let ips: Vec<Option<IpAddr>> = items
+        .iter()
+        .map(|(s, _)| s.parse::<IpAddr>().ok())
+        .collect();
     if ips.iter().all(Option::is_some) {
         let ips: Vec<IpAddr> = ips.into_iter().flatten().collect();
         for (ip, (_, node)) in ips.iter().zip(&items) {
@@ -690,12 +799,24 @@ fn parse_destination(cx: &mut Ctx<'_>, n: &Node) -> Option<(Destination, Pos)> {
     let name = match Name::parse(rest) {
         Ok(name) => name,
         Err(e) => {
-            cx.error("name-malformed", n, format!("destination `{t}` is not a valid name: {e}"), name_error_hint(&e));
+            cx.error(
+                "name-malformed",
+                n,
+                format!("destination `{t}` is not a valid name: {e}"),
+                name_error_hint(&e),
+            );
             return None;
         }
     };
     aws_checks(cx, n, &name);
-    Some((if wild { Destination::Wildcard(name) } else { Destination::Name(name) }, n.pos))
+    Some((
+        if wild {
+            Destination::Wildcard(name)
+        } else {
+            Destination::Name(name)
+        },
+        n.pos,
+    ))
 }
 
 /// Warnings for AWS PrivateLink names that work today but break later.
@@ -716,14 +837,21 @@ fn aws_checks(cx: &mut Ctx<'_>, n: &Node, name: &Name) {
         let first = labels[0];
         if let Some(idx) = first.rfind(&format!("-{region}"))
             && first[idx + 1 + region.len()..].len() == 1
-            && first[idx + 1 + region.len()..].bytes().all(|b| b.is_ascii_lowercase())
+            && first[idx + 1 + region.len()..]
+                .bytes()
+                .all(|b| b.is_ascii_lowercase())
         {
             let regional = format!("{}.{}", &first[..idx], labels[1..].join("."));
             cx.warn(
                 "aws-zonal-endpoint",
                 n,
-                format!("`{text}` is a zonal endpoint name: it reaches only the {} availability zone", &first[idx + 1..]),
-                Some(format!("use the regional name, which routes to every zone: {regional}")),
+                format!(
+                    "`{text}` is a zonal endpoint name: it reaches only the {} availability zone",
+                    &first[idx + 1..]
+                ),
+                Some(format!(
+                    "use the regional name, which routes to every zone: {regional}"
+                )),
             );
         }
     }
@@ -762,7 +890,10 @@ fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
                 pos: r.destination_pos,
                 len,
                 message: format!("route for `{}` points at itself", r.source),
-                hint: Some("the destination must be the name or address the registry is reachable at".into()),
+                hint: Some(
+                    "the destination must be the name or address the registry is reachable at"
+                        .into(),
+                ),
                 related: Vec::new(),
             });
         }
@@ -775,7 +906,10 @@ fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
             .chain(std::iter::once(head.source.to_string()))
             .collect();
         let message = if cycle.len() == 1 {
-            format!("route `{}` captures its own destination `{}`", head.source, head.destination)
+            format!(
+                "route `{}` captures its own destination `{}`",
+                head.source, head.destination
+            )
         } else {
             format!("routes form a cycle: {}", path.join(" -> "))
         };
@@ -786,10 +920,17 @@ fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
             pos: head.destination_pos,
             len,
             message,
-            hint: Some("a destination must lead out of the routes to a name the upstream resolves".into()),
+            hint: Some(
+                "a destination must lead out of the routes to a name the upstream resolves".into(),
+            ),
             related: cycle[1..]
                 .iter()
-                .map(|&i| (routes[i].destination_pos, format!("`{}` -> `{}`", routes[i].source, routes[i].destination)))
+                .map(|&i| {
+                    (
+                        routes[i].destination_pos,
+                        format!("`{}` -> `{}`", routes[i].source, routes[i].destination),
+                    )
+                })
                 .collect(),
         });
     }
@@ -798,7 +939,11 @@ fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
 /// The route (if any) a destination of `r` leads into, by the same precedence
 /// the server uses: exact first, then the longest wildcard suffix.
 fn next_hop(routes: &[Route], r: &Route) -> Option<usize> {
-    let exact = |n: &Name| routes.iter().position(|o| o.source == Source::Exact(n.clone()));
+    let exact = |n: &Name| {
+        routes
+            .iter()
+            .position(|o| o.source == Source::Exact(n.clone()))
+    };
     let wild = |n: &Name, strict: bool| {
         routes
             .iter()
@@ -865,15 +1010,28 @@ fn find_cycles(routes: &[Route]) -> Vec<Vec<usize>> {
 fn read_runtime(cx: &mut Ctx<'_>, rt: &Node, out: &mut Runtime) {
     if !matches!(rt.kind, Kind::Map(_)) {
         if !matches!(rt.kind, Kind::Null) {
-            cx.error("type", rt, format!("`dnsbridge` must be a mapping of settings, not {}", rt.type_name()), None);
+            cx.error(
+                "type",
+                rt,
+                format!(
+                    "`dnsbridge` must be a mapping of settings, not {}",
+                    rt.type_name()
+                ),
+                None,
+            );
         }
         return;
     }
     cx.check_keys(rt, RUNTIME_KEYS, "`dnsbridge` settings");
     let list = |n: &Node| -> Vec<(String, Node)> {
         match &n.kind {
-            Kind::Seq(items) => items.iter().filter_map(|i| scalar_str(i).map(|s| (s, i.clone()))).collect(),
-            _ => scalar_str(n).map(|s| vec![(s, n.clone())]).unwrap_or_default(),
+            Kind::Seq(items) => items
+                .iter()
+                .filter_map(|i| scalar_str(i).map(|s| (s, i.clone())))
+                .collect(),
+            _ => scalar_str(n)
+                .map(|s| vec![(s, n.clone())])
+                .unwrap_or_default(),
         }
     };
     if let Some(n) = rt.get("listen") {
@@ -881,7 +1039,12 @@ fn read_runtime(cx: &mut Ctx<'_>, rt: &Node, out: &mut Runtime) {
         for (s, node) in list(n) {
             match s.parse::<SocketAddr>() {
                 Ok(sa) => v.push(sa),
-                Err(_) => cx.error("listen", &node, format!("listen address `{s}` is not IP:PORT"), Some("such as 10.61.0.1:53".into())),
+                Err(_) => cx.error(
+                    "listen",
+                    &node,
+                    format!("listen address `{s}` is not IP:PORT"),
+                    Some("such as 10.61.0.1:53".into()),
+                ),
             }
         }
         out.listen = v;
@@ -891,7 +1054,12 @@ fn read_runtime(cx: &mut Ctx<'_>, rt: &Node, out: &mut Runtime) {
         for (s, node) in list(n) {
             match net::parse_socket(&s, 53) {
                 Ok(sa) => v.push(sa),
-                Err(e) => cx.error("upstream", &node, e.to_string(), Some("such as 10.0.0.2 or 10.0.0.2:53".into())),
+                Err(e) => cx.error(
+                    "upstream",
+                    &node,
+                    e.to_string(),
+                    Some("such as 10.0.0.2 or 10.0.0.2:53".into()),
+                ),
             }
         }
         out.upstreams = v;
@@ -909,7 +1077,12 @@ fn read_runtime(cx: &mut Ctx<'_>, rt: &Node, out: &mut Runtime) {
     if let Some(n) = rt.get("cnameTTL") {
         match n.kind {
             Kind::Int(i) if (0..=86400).contains(&i) => out.cname_ttl = i as u32,
-            _ => cx.error("type", n, "`cnameTTL` must be a number of seconds between 0 and 86400".into(), None),
+            _ => cx.error(
+                "type",
+                n,
+                "`cnameTTL` must be a number of seconds between 0 and 86400".into(),
+                None,
+            ),
         }
     }
     if let Some(n) = rt.get("flatten") {
@@ -921,25 +1094,45 @@ fn read_runtime(cx: &mut Ctx<'_>, rt: &Node, out: &mut Runtime) {
     if let Some(n) = rt.get("upstreamTimeout") {
         match duration(n) {
             Some(d) if !d.is_zero() => out.upstream_timeout = d,
-            _ => cx.error("type", n, "`upstreamTimeout` must be a duration such as 1500ms or 2s".into(), None),
+            _ => cx.error(
+                "type",
+                n,
+                "`upstreamTimeout` must be a duration such as 1500ms or 2s".into(),
+                None,
+            ),
         }
     }
     if let Some(n) = rt.get("egressGrace") {
         match duration(n) {
             Some(d) => out.egress_grace = d,
-            _ => cx.error("type", n, "`egressGrace` must be a duration such as 10s (never negative)".into(), None),
+            _ => cx.error(
+                "type",
+                n,
+                "`egressGrace` must be a duration such as 10s (never negative)".into(),
+                None,
+            ),
         }
     }
     if let Some(n) = rt.get("metrics") {
         match scalar_str(n).and_then(|s| s.parse::<SocketAddr>().ok()) {
             Some(sa) => out.metrics = Some(sa),
-            None => cx.error("type", n, "`metrics` must be IP:PORT, such as 127.0.0.1:9153".into(), None),
+            None => cx.error(
+                "type",
+                n,
+                "`metrics` must be IP:PORT, such as 127.0.0.1:9153".into(),
+                None,
+            ),
         }
     }
     if let Some(n) = rt.get("egressSet") {
         match scalar_str(n) {
             Some(s) if !s.is_empty() && s.len() <= 31 => out.egress_set = Some(s),
-            _ => cx.error("type", n, "`egressSet` must be an ipset name of at most 31 characters".into(), None),
+            _ => cx.error(
+                "type",
+                n,
+                "`egressSet` must be an ipset name of at most 31 characters".into(),
+                None,
+            ),
         }
     }
 }

@@ -178,7 +178,12 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             })
             .unwrap_or(Pos { line: 1, column: 1 });
         // The library's message repeats the position; keep the first line.
-        let message = e.to_string().lines().next().unwrap_or("invalid YAML").to_string();
+        let message = e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid YAML")
+            .to_string();
         SyntaxError { pos, message }
     })
 }
@@ -191,14 +196,34 @@ mod tests {
     fn positions_are_kept_on_nested_values() {
         let doc = "spec:\n  infrastructure:\n    executorPrivateDNS:\n      proxyTag: 202311201628\n      routes:\n        - source: a.example\n          destination: b.example\n";
         let n = parse(doc).unwrap();
-        let dns = n.get("spec").unwrap().get("infrastructure").unwrap().get("executorPrivateDNS").unwrap();
+        let dns = n
+            .get("spec")
+            .unwrap()
+            .get("infrastructure")
+            .unwrap()
+            .get("executorPrivateDNS")
+            .unwrap();
         let tag = dns.get("proxyTag").unwrap();
         assert_eq!(tag.kind, Kind::Int(202311201628));
-        assert_eq!(tag.pos, Pos { line: 4, column: 17 });
-        let Kind::Seq(routes) = &dns.get("routes").unwrap().kind else { panic!() };
+        assert_eq!(
+            tag.pos,
+            Pos {
+                line: 4,
+                column: 17
+            }
+        );
+        let Kind::Seq(routes) = &dns.get("routes").unwrap().kind else {
+            panic!()
+        };
         let dest = routes[0].get("destination").unwrap();
         assert_eq!(dest.kind, Kind::Str("b.example".into()));
-        assert_eq!(dest.pos, Pos { line: 7, column: 24 });
+        assert_eq!(
+            dest.pos,
+            Pos {
+                line: 7,
+                column: 24
+            }
+        );
     }
 
     #[test]
