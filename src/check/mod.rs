@@ -918,7 +918,7 @@ impl Checker {
                         }
                         if let Some(ca) = self.ca_file.as_ref().filter(|_| ctx.extra_roots > 0) {
                             s_text.push_str(&format!(
-                                "; jobs need the CA of {} in their trust store too",
+                                "; trusted through --ca-file {}: the jobs need that CA too",
                                 ca.display()
                             ));
                         }
