@@ -52,7 +52,7 @@ fn common_args(w: &World, port: u16) -> Vec<String> {
     ]
 }
 
-fn with<'a>(mut v: Vec<String>, extra: &[&'a str]) -> Vec<String> {
+fn with(mut v: Vec<String>, extra: &[&str]) -> Vec<String> {
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
