@@ -7,12 +7,15 @@
 //! query (no sockets, no clock of its own), `upstream` and `server` are the
 //! thin async shell around it.
 
+pub mod cache;
 pub mod check;
 pub mod config;
 pub mod core;
 pub mod name;
 pub mod net;
+pub mod ratelimit;
 pub mod route;
+pub mod serve;
 pub mod server;
 pub mod upstream;
 pub mod wire;

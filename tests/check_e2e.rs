@@ -27,13 +27,7 @@ fn verdicts(target: &Value) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| {
-            format!(
-                "{}={}",
-                s["stage"].as_str().unwrap(),
-                s["verdict"].as_str().unwrap()
-            )
-        })
+        .map(|s| format!("{}={}", s["stage"].as_str().unwrap(), s["verdict"].as_str().unwrap()))
         .collect()
 }
 
@@ -69,12 +63,7 @@ fn full_pass_through_the_proxy() {
         None,
     );
     let (cert, key) = w.pki.leaf("registry", &["registry.corp.test"]);
-    let reg = Registry::start(
-        w.dir.path(),
-        SocketAddr::new(LOOP, free_port(LOOP)),
-        &cert,
-        &key,
-    );
+    let reg = Registry::start(w.dir.path(), SocketAddr::new(LOOP, free_port(LOOP)), &cert, &key);
 
     let r = check(with(
         common_args(&w, reg.addr.port()),
@@ -107,24 +96,12 @@ fn full_pass_through_the_proxy() {
     let ttl = dns["details"]["addresses"][0]["ttl"].as_u64().unwrap();
     assert!(ttl > 0 && ttl <= 120, "ttl {ttl}");
     // Compared with the destination resolved directly from knot.
-    assert_eq!(
-        dns["details"]["upstream"]["server"],
-        w.knot.addr.to_string()
-    );
-    assert_eq!(
-        dns["details"]["upstream"]["addresses"][0]["address"],
-        "127.0.0.1"
-    );
-    assert!(
-        dns["summary"].as_str().unwrap().contains("agrees"),
-        "{dns:#}"
-    );
+    assert_eq!(dns["details"]["upstream"]["server"], w.knot.addr.to_string());
+    assert_eq!(dns["details"]["upstream"]["addresses"][0]["address"], "127.0.0.1");
+    assert!(dns["summary"].as_str().unwrap().contains("agrees"), "{dns:#}");
 
     let tcp = stage(t, "tcp");
-    assert_eq!(
-        tcp["details"]["addresses"][0]["address"],
-        reg.addr.to_string()
-    );
+    assert_eq!(tcp["details"]["addresses"][0]["address"], reg.addr.to_string());
     assert_eq!(tcp["details"]["addresses"][0]["ok"], true);
 
     let tls = stage(t, "tls");
@@ -133,17 +110,11 @@ fn full_pass_through_the_proxy() {
         tls["details"]["presented_names"],
         serde_json::json!(["registry.corp.test"])
     );
-    assert_eq!(
-        tls["details"]["addresses"][0]["valid_for_private_name"],
-        true
-    );
+    assert_eq!(tls["details"]["addresses"][0]["valid_for_private_name"], true);
 
     let api = stage(t, "api");
     assert_eq!(api["details"]["status"], 200);
-    assert_eq!(
-        api["details"]["docker_distribution_api_version"],
-        "registry/2.0"
-    );
+    assert_eq!(api["details"]["docker_distribution_api_version"], "registry/2.0");
 
     for s in t["stages"].as_array().unwrap() {
         assert!(s["duration_ms"].as_f64().unwrap() >= 0.0);
@@ -151,17 +122,12 @@ fn full_pass_through_the_proxy() {
     }
 
     // The same check as a human reads it.
-    let h = check(with(
-        common_args(&w, reg.addr.port()),
-        &["registry.corp.test"],
-    ));
+    let h = check(with(common_args(&w, reg.addr.port()), &["registry.corp.test"]));
     eprintln!("{h}");
     assert_eq!(h.code, 0, "{h}");
     assert!(h.stdout.contains("registry.corp.test"), "{h}");
     assert!(
-        h.stdout
-            .lines()
-            .any(|l| l.trim_start().starts_with("tls   pass")),
+        h.stdout.lines().any(|l| l.trim_start().starts_with("tls   pass")),
         "{h}"
     );
     assert!(h.stdout.contains("CNAME lb.public.test"), "{h}");
@@ -185,12 +151,7 @@ fn public_certificate_only_fails_at_tls_with_both_names() {
     );
     // The load balancer holds only its public certificate.
     let (cert, key) = w.pki.leaf("lb", &["lb.public.test"]);
-    let reg = Registry::start(
-        w.dir.path(),
-        SocketAddr::new(LOOP, free_port(LOOP)),
-        &cert,
-        &key,
-    );
+    let reg = Registry::start(w.dir.path(), SocketAddr::new(LOOP, free_port(LOOP)), &cert, &key);
 
     let r = check(with(
         common_args(&w, reg.addr.port()),
@@ -214,35 +175,20 @@ fn public_certificate_only_fails_at_tls_with_both_names() {
     );
     assert_eq!(tls["details"]["expected_name"], "registry.corp.test");
     assert_eq!(tls["details"]["destination_name"], "lb.public.test");
-    assert_eq!(
-        tls["details"]["presented_names"],
-        serde_json::json!(["lb.public.test"])
-    );
-    assert_eq!(
-        tls["details"]["addresses"][0]["valid_for_private_name"],
-        false
-    );
-    assert_eq!(
-        tls["details"]["addresses"][0]["valid_for_destination"],
-        true
-    );
+    assert_eq!(tls["details"]["presented_names"], serde_json::json!(["lb.public.test"]));
+    assert_eq!(tls["details"]["addresses"][0]["valid_for_private_name"], false);
+    assert_eq!(tls["details"]["addresses"][0]["valid_for_destination"], true);
     let fix = tls["fix"].as_str().unwrap();
     assert!(
         fix.contains("passthrough") && fix.contains("registry.corp.test"),
         "{fix}"
     );
 
-    let h = check(with(
-        common_args(&w, reg.addr.port()),
-        &["registry.corp.test"],
-    ));
+    let h = check(with(common_args(&w, reg.addr.port()), &["registry.corp.test"]));
     eprintln!("{h}");
     assert_eq!(h.code, 13, "{h}");
     assert!(h.stdout.contains("FAIL at tls (exit 13)"), "{h}");
-    assert!(
-        h.stdout.contains("lb.public.test") && h.stdout.contains("fix:"),
-        "{h}"
-    );
+    assert!(h.stdout.contains("lb.public.test") && h.stdout.contains("fix:"), "{h}");
 }
 
 #[test]
@@ -268,15 +214,9 @@ fn closed_port_fails_at_tcp() {
         ["route=pass", "dns=pass", "tcp=fail", "tls=skip", "api=skip"]
     );
     let tcp = stage(t, "tcp");
-    assert_eq!(
-        tcp["details"]["addresses"][0]["address"],
-        format!("127.0.0.1:{port}")
-    );
+    assert_eq!(tcp["details"]["addresses"][0]["address"], format!("127.0.0.1:{port}"));
     assert_eq!(tcp["details"]["addresses"][0]["ok"], false);
-    assert!(
-        tcp["fix"].as_str().unwrap().contains("nothing listens"),
-        "{tcp:#}"
-    );
+    assert!(tcp["fix"].as_str().unwrap().contains("nothing listens"), "{tcp:#}");
     assert_eq!(stage(t, "tls")["summary"], "not run: tcp failed");
 }
 
@@ -303,10 +243,7 @@ fn unrouted_nxdomain_name_fails_at_dns() {
     assert_eq!(stage(t, "route")["details"]["routed"], false);
     let dns = stage(t, "dns");
     assert_eq!(dns["details"]["rcode"], "NXDOMAIN");
-    assert!(
-        dns["fix"].as_str().unwrap().contains("add a route"),
-        "{dns:#}"
-    );
+    assert!(dns["fix"].as_str().unwrap().contains("add a route"), "{dns:#}");
 }
 
 #[test]
@@ -322,10 +259,7 @@ fn https_server_that_is_not_a_registry_fails_at_api() {
     );
     let (cert, key) = w.pki.leaf("web", &["web.corp.test"]);
     let web = NotARegistry::start(SocketAddr::new(LOOP, free_port(LOOP)), &cert, &key);
-    let r = check(with(
-        common_args(&w, web.addr.port()),
-        &["web.corp.test", "--json"],
-    ));
+    let r = check(with(common_args(&w, web.addr.port()), &["web.corp.test", "--json"]));
     assert_eq!(r.code, 14, "{r}");
     let j = r.json();
     let t = &j["targets"][0];
@@ -336,24 +270,15 @@ fn https_server_that_is_not_a_registry_fails_at_api() {
     );
     let api = stage(t, "api");
     assert_eq!(api["details"]["status"], 200);
-    assert_eq!(
-        api["details"]["docker_distribution_api_version"],
-        Value::Null
-    );
+    assert_eq!(api["details"]["docker_distribution_api_version"], Value::Null);
     assert!(
-        api["summary"]
-            .as_str()
-            .unwrap()
-            .contains("not a container registry"),
+        api["summary"].as_str().unwrap().contains("not a container registry"),
         "{api:#}"
     );
 
     // As a plain URL the same server passes the API stage.
     let url = format!("https://web.corp.test:{}/", web.addr.port());
-    let r = check(with(
-        common_args(&w, 443),
-        &[url.as_str(), "--kind", "http", "--json"],
-    ));
+    let r = check(with(common_args(&w, 443), &[url.as_str(), "--kind", "http", "--json"]));
     assert_eq!(r.code, 0, "{r}");
 }
 
@@ -380,15 +305,8 @@ fn every_route_of_the_config_concurrently() {
         "lb.public.test. 120 A 127.0.0.1\nclosed.public.test. 120 A 127.0.0.2",
         None,
     );
-    let (cert, key) = w
-        .pki
-        .leaf("registry", &["registry.corp.test", "*.wild.corp.test"]);
-    let reg = Registry::start(
-        w.dir.path(),
-        SocketAddr::new(LOOP, free_port(LOOP)),
-        &cert,
-        &key,
-    );
+    let (cert, key) = w.pki.leaf("registry", &["registry.corp.test", "*.wild.corp.test"]);
+    let reg = Registry::start(w.dir.path(), SocketAddr::new(LOOP, free_port(LOOP)), &cert, &key);
 
     let r = check(with(common_args(&w, reg.addr.port()), &["--json"]));
     eprintln!("{}", check(with(common_args(&w, reg.addr.port()), &[])));
@@ -409,23 +327,15 @@ fn every_route_of_the_config_concurrently() {
         "*.wild.corp.test: skipped",
     ] {
         assert!(
-            r.stderr
-                .lines()
-                .any(|l| l.starts_with('[') && l.contains(t)),
+            r.stderr.lines().any(|l| l.starts_with('[') && l.contains(t)),
             "{t}: {r}"
         );
     }
 
     // A name under the wildcard, given explicitly.
-    let r = check(with(
-        common_args(&w, reg.addr.port()),
-        &["a.wild.corp.test", "--json"],
-    ));
+    let r = check(with(common_args(&w, reg.addr.port()), &["a.wild.corp.test", "--json"]));
     assert_eq!(r.code, 0, "{r}");
-    assert_eq!(
-        stage(&r.json()["targets"][0], "route")["details"]["match"],
-        "wildcard"
-    );
+    assert_eq!(stage(&r.json()["targets"][0], "route")["details"]["match"], "wildcard");
 }
 
 #[test]
@@ -447,10 +357,7 @@ fn usage_errors_exit_2() {
     assert_eq!(r.code, 2, "{r}");
     let r = check(["--help"]);
     assert_eq!(r.code, 0);
-    assert!(
-        r.stdout.contains("Exit codes") && r.stdout.contains("13  tls"),
-        "{r}"
-    );
+    assert!(r.stdout.contains("Exit codes") && r.stdout.contains("13  tls"), "{r}");
 }
 
 fn sha256(path: &Path) -> String {
@@ -514,11 +421,7 @@ fn make_oci_layout(dir: &Path, token: &str) -> String {
         }],
     });
     std::fs::write(dir.join("image/index.json"), index.to_string()).unwrap();
-    std::fs::write(
-        dir.join("image/oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("image/oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     format!("sha256:{man_digest}")
 }
 
@@ -529,10 +432,7 @@ fn in_namespace(resolv: &Path, script: &str) -> std::process::Output {
         .arg("-m")
         .arg("sh")
         .arg("-ec")
-        .arg(format!(
-            "mount --bind {} /etc/resolv.conf\n{script}",
-            resolv.display()
-        ))
+        .arg(format!("mount --bind {} /etc/resolv.conf\n{script}", resolv.display()))
         .output()
         .unwrap()
 }
@@ -540,12 +440,7 @@ fn in_namespace(resolv: &Path, script: &str) -> std::process::Output {
 #[test]
 fn image_pushed_and_pulled_through_the_private_name() {
     // The proxy must listen on port 53: /etc/resolv.conf has no port.
-    let ip = IpAddr::V4(Ipv4Addr::new(
-        127,
-        77,
-        53,
-        (std::process::id() % 200) as u8 + 1,
-    ));
+    let ip = IpAddr::V4(Ipv4Addr::new(127, 77, 53, (std::process::id() % 200) as u8 + 1));
     let listen = SocketAddr::new(ip, 53);
     let w = World::new(
         "pull",
@@ -558,19 +453,11 @@ fn image_pushed_and_pulled_through_the_private_name() {
     );
     assert_eq!(w.server, listen);
     let (cert, key) = w.pki.leaf("registry", &["registry.corp.test"]);
-    let reg = Registry::start(
-        w.dir.path(),
-        SocketAddr::new(LOOP, free_port(LOOP)),
-        &cert,
-        &key,
-    );
+    let reg = Registry::start(w.dir.path(), SocketAddr::new(LOOP, free_port(LOOP)), &cert, &key);
     let port = reg.addr.port();
 
     // The check agrees first.
-    let r = check(with(
-        common_args(&w, port),
-        &["registry.corp.test", "--json"],
-    ));
+    let r = check(with(common_args(&w, port), &["registry.corp.test", "--json"]));
     assert_eq!(r.code, 0, "{r}");
 
     let token = format!("token-{}-{port}", std::process::id());
@@ -579,11 +466,7 @@ fn image_pushed_and_pulled_through_the_private_name() {
     std::fs::create_dir_all(&certs).unwrap();
     std::fs::copy(&w.pki.ca, certs.join("ca.crt")).unwrap();
     let resolv = w.dir.join("resolv.conf");
-    std::fs::write(
-        &resolv,
-        format!("nameserver {ip}\noptions timeout:2 attempts:2\n"),
-    )
-    .unwrap();
+    std::fs::write(&resolv, format!("nameserver {ip}\noptions timeout:2 attempts:2\n")).unwrap();
     let image = format!("docker://registry.corp.test:{port}/demo/hello:v1");
     let out_dir = w.dir.join("pulled");
     let script = format!(

@@ -41,24 +41,14 @@ pub struct Answer {
 }
 
 /// Sends one query for `name`/`qtype` to `server` (UDP, then TCP on TC).
-pub async fn query(
-    server: SocketAddr,
-    name: &Name,
-    qtype: u16,
-    timeout: Duration,
-) -> Result<Answer, DnsError> {
+pub async fn query(server: SocketAddr, name: &Name, qtype: u16, timeout: Duration) -> Result<Answer, DnsError> {
     let deadline = Instant::now() + timeout;
     let id: u16 = rand::random();
     let mut b = MessageBuilder::query(id, flags::RD, name, qtype);
     b.put_opt(wire::OUR_UDP_SIZE, 0, false, &[]);
     let msg = b.finish();
     let timed_out = || DnsError::Timeout(server, timeout);
-    let udp = match timeout_at(
-        deadline,
-        udp_exchange(server, &msg, name, qtype, id, timeout),
-    )
-    .await
-    {
+    let udp = match timeout_at(deadline, udp_exchange(server, &msg, name, qtype, id, timeout)).await {
         Err(_) => return Err(timed_out()),
         Ok(r) => r?,
     };
@@ -106,9 +96,7 @@ async fn udp_exchange(
                 Ok(r) => r.map_err(io)?,
             };
             let got = &buf[..n];
-            if wire::read_u16(got, 0) == Some(id)
-                && wire::response_matches(got, name.wire(), qtype, class::IN)
-            {
+            if wire::read_u16(got, 0) == Some(id) && wire::response_matches(got, name.wire(), qtype, class::IN) {
                 return Ok(got.to_vec());
             }
         }
@@ -116,13 +104,7 @@ async fn udp_exchange(
     Err(DnsError::Timeout(server, timeout))
 }
 
-async fn tcp_exchange(
-    server: SocketAddr,
-    msg: &[u8],
-    name: &Name,
-    qtype: u16,
-    id: u16,
-) -> Result<Vec<u8>, DnsError> {
+async fn tcp_exchange(server: SocketAddr, msg: &[u8], name: &Name, qtype: u16, id: u16) -> Result<Vec<u8>, DnsError> {
     let io = |e| DnsError::Io(server, e);
     let mut s = TcpStream::connect(server).await.map_err(io)?;
     let mut out = Vec::with_capacity(msg.len() + 2);
@@ -132,15 +114,10 @@ async fn tcp_exchange(
     let len = s.read_u16().await.map_err(io)? as usize;
     let mut buf = vec![0u8; len];
     s.read_exact(&mut buf).await.map_err(io)?;
-    if wire::read_u16(&buf, 0) != Some(id)
-        || !wire::response_matches(&buf, name.wire(), qtype, class::IN)
-    {
+    if wire::read_u16(&buf, 0) != Some(id) || !wire::response_matches(&buf, name.wire(), qtype, class::IN) {
         return Err(DnsError::Io(
             server,
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the TCP answer does not match the query",
-            ),
+            io::Error::new(io::ErrorKind::InvalidData, "the TCP answer does not match the query"),
         ));
     }
     Ok(buf)
@@ -199,11 +176,7 @@ pub fn rcode_name(rc: u8) -> &'static str {
 }
 
 /// Resolves A and AAAA for `name` through `server`, concurrently.
-pub async fn resolve(
-    server: SocketAddr,
-    name: &Name,
-    timeout: Duration,
-) -> Result<Resolution, DnsError> {
+pub async fn resolve(server: SocketAddr, name: &Name, timeout: Duration) -> Result<Resolution, DnsError> {
     let (a, aaaa) = tokio::join!(
         query(server, name, rtype::A, timeout),
         query(server, name, rtype::AAAA, timeout)

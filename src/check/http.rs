@@ -44,10 +44,7 @@ pub async fn get<S: AsyncRead + AsyncWrite + Unpin>(
             .write_all(req.as_bytes())
             .await
             .map_err(|e| format!("sending the request: {e}"))?;
-        stream
-            .flush()
-            .await
-            .map_err(|e| format!("sending the request: {e}"))?;
+        stream.flush().await.map_err(|e| format!("sending the request: {e}"))?;
         let mut head = Vec::with_capacity(4096);
         let mut chunk = [0u8; 4096];
         loop {
@@ -94,9 +91,7 @@ fn parse_head(head: &[u8]) -> Result<HttpResponse, String> {
     let version = parts.next().unwrap_or("");
     if !version.starts_with("HTTP/") {
         let shown: String = status_line.chars().take(60).collect();
-        return Err(format!(
-            "the server did not answer HTTP (first line {shown:?})"
-        ));
+        return Err(format!("the server did not answer HTTP (first line {shown:?})"));
     }
     let status = parts
         .next()
@@ -280,10 +275,7 @@ mod tests {
         HttpResponse {
             status,
             reason: String::new(),
-            headers: headers
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect(),
+            headers: headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
         }
     }
 
@@ -291,10 +283,7 @@ mod tests {
     fn parses_head() {
         let r = parse_head(b"HTTP/1.1 401 Unauthorized\r\nDocker-Distribution-Api-Version: registry/2.0\r\nWww-Authenticate: Bearer realm=\"https://auth.corp.example/token\",service=\"r\"").unwrap();
         assert_eq!(r.status, 401);
-        assert_eq!(
-            r.header("Docker-Distribution-API-Version"),
-            Some("registry/2.0")
-        );
+        assert_eq!(r.header("Docker-Distribution-API-Version"), Some("registry/2.0"));
         assert_eq!(
             auth_realm(r.header("www-authenticate").unwrap()).unwrap(),
             "https://auth.corp.example/token"
@@ -320,11 +309,7 @@ mod tests {
         let npm = parse_target("https://n.example/npm/", Some(Kind::Npm), None).unwrap();
         assert!(evaluate(&npm, &resp(200, &[])).pass);
         assert!(!evaluate(&npm, &resp(404, &[])).pass);
-        assert!(
-            evaluate(&npm, &resp(401, &[]))
-                .summary
-                .contains("NPM_TOKEN")
-        );
+        assert!(evaluate(&npm, &resp(401, &[])).summary.contains("NPM_TOKEN"));
         let go = parse_target("https://g.example/", Some(Kind::Go), None).unwrap();
         assert!(evaluate(&go, &resp(404, &[])).pass);
         let http = parse_target("https://h.example/x", None, None).unwrap();

@@ -176,10 +176,7 @@ pub fn prepare(args: &CheckArgs) -> Result<(Checker, Vec<Item>), UsageError> {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 53)))
     });
     let upstreams = if args.upstreams.is_empty() {
-        config
-            .as_ref()
-            .map(|c| c.runtime.upstreams.clone())
-            .unwrap_or_default()
+        config.as_ref().map(|c| c.runtime.upstreams.clone()).unwrap_or_default()
     } else {
         args.upstreams.clone()
     };
@@ -187,8 +184,7 @@ pub fn prepare(args: &CheckArgs) -> Result<(Checker, Vec<Item>), UsageError> {
     if args.targets.is_empty() {
         let Some(c) = &config else {
             return Err(UsageError(
-                "give a NAME or URL to check, or --config FILE to check every route's source"
-                    .into(),
+                "give a NAME or URL to check, or --config FILE to check every route's source".into(),
             ));
         };
         if c.routes.is_empty() {
@@ -200,8 +196,7 @@ pub fn prepare(args: &CheckArgs) -> Result<(Checker, Vec<Item>), UsageError> {
             match &r.source {
                 Source::Exact(n) => {
                     items.push(Item::Target(
-                        target::parse_target(&n.to_string(), args.kind, args.port)
-                            .map_err(UsageError)?,
+                        target::parse_target(&n.to_string(), args.kind, args.port).map_err(UsageError)?,
                     ));
                 }
                 Source::Wildcard(_) => items.push(Item::Wildcard(r.source.to_string())),
@@ -305,9 +300,7 @@ impl Checker {
                         s.as_str(),
                         r.stage(s).map_or("", |x| x.summary.as_str())
                     ),
-                    None if r.stages.iter().all(|s| s.verdict == Verdict::Skip) => {
-                        "skipped".to_string()
-                    }
+                    None if r.stages.iter().all(|s| s.verdict == Verdict::Skip) => "skipped".to_string(),
                     None if r.needs_credentials => "ok (credentials needed)".to_string(),
                     None => "ok".to_string(),
                 };
@@ -364,10 +357,7 @@ impl Checker {
             stages.push(r);
         }
 
-        let failed_stage = stages
-            .iter()
-            .find(|s| s.verdict == Verdict::Fail)
-            .map(|s| s.stage);
+        let failed_stage = stages.iter().find(|s| s.verdict == Verdict::Fail).map(|s| s.stage);
         for s in Stage::ALL {
             if !stages.iter().any(|r| r.stage == s) {
                 let why = match failed_stage {
@@ -395,10 +385,7 @@ impl Checker {
         let start = Instant::now();
         let name = match &t.host {
             Host::Ip(_) => {
-                return (
-                    StageReport::skip(Stage::Route, "an IP address: nothing to route"),
-                    None,
-                );
+                return (StageReport::skip(Stage::Route, "an IP address: nothing to route"), None);
             }
             Host::Name(n) => n,
         };
@@ -432,10 +419,7 @@ impl Checker {
             (Destination::Wildcard(_), Some(d)) => format!(" (here {d})"),
             _ => String::new(),
         };
-        let via = r
-            .resolver
-            .map(|a| format!(", resolved via {a}"))
-            .unwrap_or_default();
+        let via = r.resolver.map(|a| format!(", resolved via {a}")).unwrap_or_default();
         let summary = format!(
             "{kind} route {} -> {}{resolved}{via} (config route #{})",
             r.source,
@@ -479,10 +463,7 @@ impl Checker {
         let start = Instant::now();
         let name = match &t.host {
             Host::Ip(ip) => {
-                return (
-                    StageReport::skip(Stage::Dns, "an IP address: no lookup"),
-                    vec![*ip],
-                );
+                return (StageReport::skip(Stage::Dns, "an IP address: no lookup"), vec![*ip]);
             }
             Host::Name(n) => n,
         };
@@ -503,9 +484,8 @@ impl Checker {
         let (proxy, direct) = tokio::join!(dns::resolve(self.server, name, self.timeout), direct);
         let took = start.elapsed();
         let server = self.server;
-        let start_proxy = format!(
-            "start `dnsbridge serve` listening on {server}, or point --server at the proxy the executors use"
-        );
+        let start_proxy =
+            format!("start `dnsbridge serve` listening on {server}, or point --server at the proxy the executors use");
         let res = match proxy {
             Ok(r) => r,
             Err(e) => {
@@ -523,9 +503,8 @@ impl Checker {
                     )
                 };
                 return (
-                    StageReport::fail(Stage::Dns, took, summary, fix).with_details(
-                        json!({ "server": server.to_string(), "error": e.to_string() }),
-                    ),
+                    StageReport::fail(Stage::Dns, took, summary, fix)
+                        .with_details(json!({ "server": server.to_string(), "error": e.to_string() })),
                     Vec::new(),
                 );
             }
@@ -587,9 +566,8 @@ impl Checker {
                 let fix = match route {
                     Some(r) => format!(
                         "the proxy could not resolve {dest_text}: check that {} answer for it",
-                        r.resolver.map_or("its upstreams".to_string(), |a| format!(
-                            "the route's resolverIP {a}"
-                        ))
+                        r.resolver
+                            .map_or("its upstreams".to_string(), |a| format!("the route's resolverIP {a}"))
                     ),
                     None => format!("the proxy's upstreams failed for {name}: check them"),
                 };
@@ -605,10 +583,7 @@ impl Checker {
         if res.addresses.is_empty() {
             return if !res.chain.is_empty() {
                 fail(
-                    format!(
-                        "{shown}: the chain ends at {} with no address",
-                        res.final_name
-                    ),
+                    format!("{shown}: the chain ends at {} with no address", res.final_name),
                     format!(
                         "clients read a bare CNAME as 'no address': the proxy must answer the addresses of {}; check that name has A/AAAA records upstream",
                         res.final_name
@@ -617,9 +592,7 @@ impl Checker {
             } else if route.is_some() {
                 fail(
                     format!("no A/AAAA records for {name}"),
-                    format!(
-                        "the proxy at {server} does not apply the route: restart or reload it with this config"
-                    ),
+                    format!("the proxy at {server} does not apply the route: restart or reload it with this config"),
                 )
             } else {
                 fail(format!("no A/AAAA records for {name}"), add_route)
@@ -650,9 +623,7 @@ impl Checker {
             };
             if !applied {
                 return fail(
-                    format!(
-                        "{shown}: the answer does not go through the route's destination {dest_text}"
-                    ),
+                    format!("{shown}: the answer does not go through the route's destination {dest_text}"),
                     format!(
                         "the proxy at {server} runs another config: restart or reload it with this config, or point --server at the right proxy"
                     ),
@@ -691,17 +662,10 @@ impl Checker {
         };
         let mut ips = res.ips();
         ips.truncate(MAX_ADDRS);
-        (
-            StageReport::pass(Stage::Dns, took, summary).with_details(details),
-            ips,
-        )
+        (StageReport::pass(Stage::Dns, took, summary).with_details(details), ips)
     }
 
-    async fn tcp_stage(
-        &self,
-        t: &Target,
-        ips: &[IpAddr],
-    ) -> (StageReport, Vec<(IpAddr, TcpStream)>) {
+    async fn tcp_stage(&self, t: &Target, ips: &[IpAddr]) -> (StageReport, Vec<(IpAddr, TcpStream)>) {
         let start = Instant::now();
         let mut set = JoinSet::new();
         for (i, ip) in ips.iter().copied().enumerate() {
@@ -736,8 +700,7 @@ impl Checker {
                     let unreachable6 = sa.is_ipv6()
                         && matches!(
                             e.kind(),
-                            std::io::ErrorKind::NetworkUnreachable
-                                | std::io::ErrorKind::AddrNotAvailable
+                            std::io::ErrorKind::NetworkUnreachable | std::io::ErrorKind::AddrNotAvailable
                         );
                     per_addr.push(json!({ "address": sa.to_string(), "ok": false, "ms": ms, "error": e.to_string(), "ignored": unreachable6 }));
                     if unreachable6 {
@@ -753,11 +716,7 @@ impl Checker {
                 }
                 Err(_) => {
                     per_addr.push(json!({ "address": sa.to_string(), "ok": false, "ms": ms, "error": "timeout" }));
-                    failures.push((
-                        sa,
-                        format!("no answer within {:?}", self.timeout),
-                        "timeout",
-                    ));
+                    failures.push((sa, format!("no answer within {:?}", self.timeout), "timeout"));
                 }
             }
         }
@@ -804,9 +763,7 @@ impl Checker {
             .collect();
         let mut summary = format!("connected to {}", list.join(", "));
         if no_v6_route > 0 {
-            summary.push_str(&format!(
-                "; {no_v6_route} IPv6 address(es) skipped: no IPv6 route here"
-            ));
+            summary.push_str(&format!("; {no_v6_route} IPv6 address(es) skipped: no IPv6 route here"));
         }
         let private: Vec<String> = streams
             .iter()
@@ -830,10 +787,7 @@ impl Checker {
         t: &Target,
         streams: Vec<(IpAddr, TcpStream)>,
         route: Option<&RouteInfo>,
-    ) -> (
-        StageReport,
-        Option<tokio_rustls::client::TlsStream<TcpStream>>,
-    ) {
+    ) -> (StageReport, Option<tokio_rustls::client::TlsStream<TcpStream>>) {
         let start = Instant::now();
         let Some(ctx) = &self.tls else {
             return (
@@ -850,12 +804,7 @@ impl Checker {
             Ok(s) => s,
             Err(e) => {
                 return (
-                    StageReport::fail(
-                        Stage::Tls,
-                        start.elapsed(),
-                        e,
-                        "use a host name that is valid in TLS",
-                    ),
+                    StageReport::fail(Stage::Tls, start.elapsed(), e, "use a host name that is valid in TLS"),
                     None,
                 );
             }
@@ -877,18 +826,13 @@ impl Checker {
         }
         let took = start.elapsed();
         let private = t.host.to_string();
-        let public = route
-            .and_then(|r| r.dest_name.as_ref())
-            .map(|n| n.to_string());
+        let public = route.and_then(|r| r.dest_name.as_ref()).map(|n| n.to_string());
         let mut per_addr = Vec::new();
         let mut first_ok = None;
         let mut first_fail: Option<(IpAddr, String, String)> = None;
         let mut pass_summary = String::new();
         for (ip, h) in outcomes {
-            let cert_json = h
-                .cert
-                .as_ref()
-                .map(|c| serde_json::to_value(c).unwrap_or_default());
+            let cert_json = h.cert.as_ref().map(|c| serde_json::to_value(c).unwrap_or_default());
             let covers_private = h.cert.as_ref().map(|c| c.covers(&private));
             let covers_public = match (&h.cert, &public) {
                 (Some(c), Some(p)) => Some(c.covers(p)),
@@ -911,10 +855,7 @@ impl Checker {
                             c.days_left
                         );
                         if c.days_left < 14 {
-                            s_text.push_str(&format!(
-                                "; WARNING: it expires on {}, renew it",
-                                c.not_after
-                            ));
+                            s_text.push_str(&format!("; WARNING: it expires on {}, renew it", c.not_after));
                         }
                         if let Some(ca) = self.ca_file.as_ref().filter(|_| ctx.extra_roots > 0) {
                             s_text.push_str(&format!(
@@ -958,8 +899,7 @@ impl Checker {
         });
         if let Some((ip, summary, fix)) = first_fail {
             return (
-                StageReport::fail(Stage::Tls, took, format!("{ip}: {summary}"), fix)
-                    .with_details(details),
+                StageReport::fail(Stage::Tls, took, format!("{ip}: {summary}"), fix).with_details(details),
                 None,
             );
         }
@@ -1017,9 +957,7 @@ fn wildcard_report(source: &str) -> TargetReport {
     let example = source.trim_start_matches("*.");
     let mut stages = vec![StageReport::skip(
         Stage::Route,
-        format!(
-            "wildcard source {source}: name a host under it, e.g. `dnsbridge check registry.{example}`"
-        ),
+        format!("wildcard source {source}: name a host under it, e.g. `dnsbridge check registry.{example}`"),
     )];
     for s in &Stage::ALL[1..] {
         stages.push(StageReport::skip(*s, "not run: no single name to check"));
@@ -1086,9 +1024,7 @@ fn explain_tls_failure(
     let mismatch = cert.is_some_and(|c| !c.covers(private))
         || matches!(
             e,
-            tls::HandshakeError::Certificate(
-                CE::NotValidForName | CE::NotValidForNameContext { .. }
-            )
+            tls::HandshakeError::Certificate(CE::NotValidForName | CE::NotValidForNameContext { .. })
         );
     let lb_fix = format!(
         "the load balancer must pass TLS through to the registry (NLB TLS passthrough: the certificate is validated on the registry), or hold the certificate for {private} too, next to its public one"
@@ -1101,12 +1037,8 @@ fn explain_tls_failure(
             _ => String::new(),
         };
         let also = match e {
-            tls::HandshakeError::Certificate(CE::UnknownIssuer) => {
-                "; its issuer is not trusted either"
-            }
-            tls::HandshakeError::Certificate(CE::Expired | CE::ExpiredContext { .. }) => {
-                "; it has expired too"
-            }
+            tls::HandshakeError::Certificate(CE::UnknownIssuer) => "; its issuer is not trusted either",
+            tls::HandshakeError::Certificate(CE::Expired | CE::ExpiredContext { .. }) => "; it has expired too",
             _ => "",
         };
         return (

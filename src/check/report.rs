@@ -77,12 +77,7 @@ pub struct StageReport {
 }
 
 impl StageReport {
-    pub fn new(
-        stage: Stage,
-        verdict: Verdict,
-        took: Duration,
-        summary: impl Into<String>,
-    ) -> StageReport {
+    pub fn new(stage: Stage, verdict: Verdict, took: Duration, summary: impl Into<String>) -> StageReport {
         StageReport {
             stage,
             verdict,
@@ -98,12 +93,7 @@ impl StageReport {
     pub fn skip(stage: Stage, summary: impl Into<String>) -> StageReport {
         StageReport::new(stage, Verdict::Skip, Duration::ZERO, summary)
     }
-    pub fn fail(
-        stage: Stage,
-        took: Duration,
-        summary: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> StageReport {
+    pub fn fail(stage: Stage, took: Duration, summary: impl Into<String>, fix: impl Into<String>) -> StageReport {
         let mut s = StageReport::new(stage, Verdict::Fail, took, summary);
         s.fix = Some(fix.into());
         s
@@ -194,15 +184,10 @@ pub fn render_human(report: &Report, color: bool) -> String {
             out.push('\n');
         }
         let status = match t.failed_stage {
-            None if t.stages.iter().all(|s| s.verdict == Verdict::Skip) => {
-                st.paint("2", "NOT CHECKED")
-            }
+            None if t.stages.iter().all(|s| s.verdict == Verdict::Skip) => st.paint("2", "NOT CHECKED"),
             None if t.needs_credentials => st.paint("1;32", "OK (credentials needed)"),
             None => st.paint("1;32", "OK"),
-            Some(s) => st.paint(
-                "1;31",
-                &format!("FAIL at {} (exit {})", s.as_str(), s.exit_code()),
-            ),
+            Some(s) => st.paint("1;31", &format!("FAIL at {} (exit {})", s.as_str(), s.exit_code())),
         };
         let _ = writeln!(
             out,
@@ -226,14 +211,7 @@ pub fn render_human(report: &Report, color: bool) -> String {
                 s.summary
             );
             if let Some(fix) = &s.fix {
-                let _ = writeln!(
-                    out,
-                    "  {:<5} {} {:>8}  {}",
-                    "",
-                    st.paint("33", "fix:"),
-                    "",
-                    fix
-                );
+                let _ = writeln!(out, "  {:<5} {} {:>8}  {}", "", st.paint("33", "fix:"), "", fix);
             }
         }
     }

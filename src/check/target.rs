@@ -41,13 +41,9 @@ impl Kind {
     /// The variables the jobs read credentials for this kind of registry from.
     pub fn credential_hint(self) -> &'static str {
         match self {
-            Kind::Docker => {
-                "DOCKER_AUTH_CONFIG (a docker config.json with an \"auths\" entry for the private name)"
-            }
+            Kind::Docker => "DOCKER_AUTH_CONFIG (a docker config.json with an \"auths\" entry for the private name)",
             Kind::Npm => "NPM_TOKEN (used from .npmrc as //HOST/:_authToken=${NPM_TOKEN})",
-            Kind::Maven => {
-                "MAVEN_USERNAME and MAVEN_PASSWORD (used from settings.xml as ${env.MAVEN_USERNAME})"
-            }
+            Kind::Maven => "MAVEN_USERNAME and MAVEN_PASSWORD (used from settings.xml as ${env.MAVEN_USERNAME})",
             Kind::Pypi => "PIP_INDEX_URL (https://USER:TOKEN@HOST/.../simple/)",
             Kind::Go => "GOPROXY with GOAUTH, or a .netrc named by NETRC",
             Kind::Http => "a .netrc named by NETRC",
@@ -119,9 +115,7 @@ pub fn parse_target(input: &str, kind: Option<Kind>, port: Option<u16>) -> Resul
     } else if let Some(r) = strip_prefix_ci(input, "http://") {
         (false, r, true)
     } else if input.contains("://") {
-        return Err(format!(
-            "{input:?}: only http:// and https:// URLs can be checked"
-        ));
+        return Err(format!("{input:?}: only http:// and https:// URLs can be checked"));
     } else {
         (true, input, false)
     };
@@ -134,8 +128,7 @@ pub fn parse_target(input: &str, kind: Option<Kind>, port: Option<u16>) -> Resul
             "{input:?}: leave credentials out of the URL; the check reports when the registry asks for them"
         ));
     }
-    let (host_text, url_port) =
-        split_host_port(authority).map_err(|e| format!("{input:?}: {e}"))?;
+    let (host_text, url_port) = split_host_port(authority).map_err(|e| format!("{input:?}: {e}"))?;
     let host = if let Ok(ip) = host_text.parse::<IpAddr>() {
         Host::Ip(ip)
     } else {
@@ -202,8 +195,7 @@ fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), String> {
 }
 
 fn parse_port(p: &str) -> Result<u16, String> {
-    p.parse::<u16>()
-        .map_err(|_| format!("{p:?} is not a port number"))
+    p.parse::<u16>().map_err(|_| format!("{p:?} is not a port number"))
 }
 
 /// The path the API stage requests for `kind`, given the base path of the URL.
@@ -228,9 +220,7 @@ fn api_path(kind: Kind, base: &str) -> String {
 /// seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let value: f64 = num
         .parse()
@@ -242,9 +232,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
     };
     if !(secs > 0.0 && secs <= 3600.0) {
-        return Err(format!(
-            "{text:?}: the timeout must be above 0 and at most 1h"
-        ));
+        return Err(format!("{text:?}: the timeout must be above 0 and at most 1h"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -269,10 +257,7 @@ mod tests {
     #[test]
     fn names_and_urls() {
         let t = parse_target("Registry.Corp.Example", None, None).unwrap();
-        assert_eq!(
-            t.host,
-            Host::Name(Name::parse("registry.corp.example").unwrap())
-        );
+        assert_eq!(t.host, Host::Name(Name::parse("registry.corp.example").unwrap()));
         assert_eq!(
             (t.port, t.tls, t.kind, t.path.as_str()),
             (443, true, Kind::Docker, "/v2/")
@@ -282,21 +267,11 @@ mod tests {
         assert_eq!(t.port, 5000);
         assert_eq!(t.host_header(), "registry.corp.example:5000");
 
-        let t = parse_target(
-            "https://npm.corp.example/api/npm/remote",
-            Some(Kind::Npm),
-            None,
-        )
-        .unwrap();
+        let t = parse_target("https://npm.corp.example/api/npm/remote", Some(Kind::Npm), None).unwrap();
         assert_eq!(t.path, "/api/npm/remote/-/ping");
         assert_eq!(t.url(), "https://npm.corp.example/api/npm/remote/-/ping");
 
-        let t = parse_target(
-            "http://pypi.corp.example:8080/simple",
-            Some(Kind::Pypi),
-            None,
-        )
-        .unwrap();
+        let t = parse_target("http://pypi.corp.example:8080/simple", Some(Kind::Pypi), None).unwrap();
         assert_eq!((t.port, t.tls, t.path.as_str()), (8080, false, "/simple/"));
 
         let t = parse_target("https://x.example/health?full=1", None, None).unwrap();
@@ -329,18 +304,12 @@ mod tests {
 
     #[test]
     fn dns_servers() {
-        assert_eq!(
-            parse_dns_server("127.0.0.1").unwrap(),
-            "127.0.0.1:53".parse().unwrap()
-        );
+        assert_eq!(parse_dns_server("127.0.0.1").unwrap(), "127.0.0.1:53".parse().unwrap());
         assert_eq!(
             parse_dns_server("127.0.0.1:5353").unwrap(),
             "127.0.0.1:5353".parse().unwrap()
         );
-        assert_eq!(
-            parse_dns_server("::1").unwrap(),
-            "[::1]:53".parse().unwrap()
-        );
+        assert_eq!(parse_dns_server("::1").unwrap(), "[::1]:53".parse().unwrap());
         assert!(parse_dns_server("localhost").is_err());
     }
 }

@@ -35,17 +35,13 @@ impl TlsContext {
         let (system_roots, _) = roots.add_parsable_certificates(native.certs);
         let mut extra_roots = 0;
         if let Some(path) = ca_file {
-            let iter = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+            let iter = CertificateDer::pem_file_iter(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
             let mut certs = Vec::new();
             for c in iter {
                 certs.push(c.map_err(|e| format!("--ca-file {}: {e}", path.display()))?);
             }
             if certs.is_empty() {
-                return Err(format!(
-                    "--ca-file {}: no PEM certificate in the file",
-                    path.display()
-                ));
+                return Err(format!("--ca-file {}: no PEM certificate in the file", path.display()));
             }
             let (added, ignored) = roots.add_parsable_certificates(certs);
             if added == 0 {
@@ -59,10 +55,9 @@ impl TlsContext {
         if roots.is_empty() {
             return Err("no trusted root certificate: the system has none; give --ca-file".into());
         }
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| format!("cannot build the certificate verifier: {e}"))?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| format!("cannot build the certificate verifier: {e}"))?;
         Ok(TlsContext {
             provider,
             verifier,
@@ -99,8 +94,7 @@ impl ServerCertVerifier for Recorder {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.leaf.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(end_entity.clone().into_owned());
+        *self.leaf.lock().unwrap_or_else(|p| p.into_inner()) = Some(end_entity.clone().into_owned());
         *self.chain_len.lock().unwrap_or_else(|p| p.into_inner()) = 1 + intermediates.len();
         self.inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
@@ -191,11 +185,7 @@ impl CertInfo {
 
     /// The names the certificate presents, for messages.
     pub fn names(&self) -> Vec<String> {
-        self.dns_names
-            .iter()
-            .chain(self.ip_addresses.iter())
-            .cloned()
-            .collect()
+        self.dns_names.iter().chain(self.ip_addresses.iter()).cloned().collect()
     }
 
     /// Whether a presented name covers `host` (exact, or `*.` for one label).
@@ -279,8 +269,7 @@ pub async fn handshake(
                 c.protocol_version()
                     .and_then(|v| v.as_str())
                     .map(|s| s.replace('_', ".").replace("TLSv1.", "TLS 1.")),
-                c.alpn_protocol()
-                    .map(|a| String::from_utf8_lossy(a).into_owned()),
+                c.alpn_protocol().map(|a| String::from_utf8_lossy(a).into_owned()),
             )
         }
         Err(_) => (None, None),
@@ -294,10 +283,7 @@ pub async fn handshake(
 }
 
 fn classify(e: std::io::Error) -> HandshakeError {
-    let inner = e
-        .get_ref()
-        .and_then(|i| i.downcast_ref::<rustls::Error>())
-        .cloned();
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()).cloned();
     match inner {
         Some(rustls::Error::InvalidCertificate(ce)) => HandshakeError::Certificate(ce),
         Some(other) => HandshakeError::Tls(other),
@@ -308,9 +294,7 @@ fn classify(e: std::io::Error) -> HandshakeError {
 /// The server name to send as SNI and verify against.
 pub fn server_name(host: &super::target::Host) -> Result<ServerName<'static>, String> {
     match host {
-        super::target::Host::Name(n) => {
-            ServerName::try_from(n.to_string()).map_err(|e| format!("{n}: {e}"))
-        }
+        super::target::Host::Name(n) => ServerName::try_from(n.to_string()).map_err(|e| format!("{n}: {e}")),
         super::target::Host::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
     }
 }

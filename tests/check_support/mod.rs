@@ -248,10 +248,7 @@ impl Knot {
                 ),
             )
             .unwrap();
-            conf.push_str(&format!(
-                "  - domain: {origin}\n    file: \"{}\"\n",
-                file.display()
-            ));
+            conf.push_str(&format!("  - domain: {origin}\n    file: \"{}\"\n", file.display()));
         }
         let conf_path = kdir.join("knot.conf");
         std::fs::write(&conf_path, conf).unwrap();
@@ -265,10 +262,7 @@ impl Knot {
             .expect("knotd (Debian package knot) must be installed");
         let k = Knot {
             addr,
-            _proc: Proc {
-                child,
-                name: "knotd",
-            },
+            _proc: Proc { child, name: "knotd" },
         };
         wait_dns(addr, zones[0].0, "knotd");
         k
@@ -352,11 +346,7 @@ impl Proxy {
                 log.lock().unwrap().join("\n")
             ),
         };
-        Proxy {
-            addr,
-            log,
-            _proc: proc,
-        }
+        Proxy { addr, log, _proc: proc }
     }
 }
 
@@ -466,18 +456,10 @@ impl World {
                 corp.push_str(&format!("{}. 30 CNAME {}.\n", r.source, r.destination));
             }
         }
-        let knot_listen = if serve {
-            knot_addr
-        } else {
-            listen.unwrap_or(knot_addr)
-        };
+        let knot_listen = if serve { knot_addr } else { listen.unwrap_or(knot_addr) };
         // One zone, `test.`, holds the public names (and, without the proxy,
         // the CNAMEs the proxy would synthesize), so that knot follows chains.
-        let knot = Knot::start(
-            dir.path(),
-            knot_listen,
-            &[("test", format!("{public}\n{corp}"))],
-        );
+        let knot = Knot::start(dir.path(), knot_listen, &[("test", format!("{public}\n{corp}"))]);
         let mut yaml = String::from(
             "spec:\n  infrastructure:\n    executorPrivateDNS:\n      proxyTag: 202311201628\n      routes:\n",
         );
@@ -491,18 +473,12 @@ impl World {
         let config = dir.join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
         let (proxy, server) = if serve {
-            let p = Proxy::start(
-                &config,
-                listen.unwrap_or(SocketAddr::new(LOOP, 0)),
-                knot.addr,
-            );
+            let p = Proxy::start(&config, listen.unwrap_or(SocketAddr::new(LOOP, 0)), knot.addr);
             let a = p.addr;
             wait_dns(a, "test", "dnsbridge serve");
             (Some(p), a)
         } else {
-            eprintln!(
-                "NOTE: `dnsbridge serve` is not in this build: checking against knot directly"
-            );
+            eprintln!("NOTE: `dnsbridge serve` is not in this build: checking against knot directly");
             (None, knot.addr)
         };
         World {
@@ -542,9 +518,8 @@ pub struct CheckRun {
 
 impl CheckRun {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!("not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr)
-        })
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
     }
 }
 
