@@ -269,7 +269,7 @@ impl Knot {
     }
 }
 
-/// The dnsbridge proxy (or, while `serve` is missing, nothing: see `World`).
+/// `dnsbridge serve` in front of knot.
 pub struct Proxy {
     pub addr: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
@@ -292,11 +292,6 @@ fn help_of(bin: &Path, sub: &str) -> String {
             )
         })
         .unwrap_or_default()
-}
-
-/// Whether the main binary has `serve` yet.
-pub fn have_serve() -> bool {
-    help_of(&dnsbridge_bin(), "serve").contains("--upstream")
 }
 
 impl Proxy {
@@ -433,7 +428,7 @@ pub struct World {
     pub dir: TempDir,
     pub pki: Pki,
     pub knot: Knot,
-    pub proxy: Option<Proxy>,
+    pub proxy: Proxy,
     /// What `check --server` gets: the proxy.
     pub server: SocketAddr,
     pub config: PathBuf,
@@ -448,18 +443,9 @@ impl World {
         let dir = TempDir::new(tag);
         let pki = Pki::new(dir.path());
         let knot_addr = SocketAddr::new(LOOP, free_port(LOOP));
-        let serve = have_serve();
-        let mut corp = String::new();
-        if !serve {
-            // Without the proxy, knot itself answers what the proxy would.
-            for r in routes {
-                corp.push_str(&format!("{}. 30 CNAME {}.\n", r.source, r.destination));
-            }
-        }
-        let knot_listen = if serve { knot_addr } else { listen.unwrap_or(knot_addr) };
-        // One zone, `test.`, holds the public names (and, without the proxy,
-        // the CNAMEs the proxy would synthesize), so that knot follows chains.
-        let knot = Knot::start(dir.path(), knot_listen, &[("test", format!("{public}\n{corp}"))]);
+        // One zone, `test.`, holds the public names; the private names under
+        // corp.test do not exist upstream.
+        let knot = Knot::start(dir.path(), knot_addr, &[("test", public.to_string())]);
         let mut yaml = String::from(
             "spec:\n  infrastructure:\n    executorPrivateDNS:\n      proxyTag: 202311201628\n      routes:\n",
         );
@@ -472,15 +458,9 @@ impl World {
         yaml.push_str(&format!("dnsbridge:\n  upstreams: [\"{}\"]\n", knot.addr));
         let config = dir.join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
-        let (proxy, server) = if serve {
-            let p = Proxy::start(&config, listen.unwrap_or(SocketAddr::new(LOOP, 0)), knot.addr);
-            let a = p.addr;
-            wait_dns(a, "test", "dnsbridge serve");
-            (Some(p), a)
-        } else {
-            eprintln!("NOTE: `dnsbridge serve` is not in this build: checking against knot directly");
-            (None, knot.addr)
-        };
+        let proxy = Proxy::start(&config, listen.unwrap_or(SocketAddr::new(LOOP, 0)), knot.addr);
+        let server = proxy.addr;
+        wait_dns(server, "test", "dnsbridge serve");
         World {
             dir,
             pki,
