@@ -339,6 +339,109 @@ fn every_route_of_the_config_concurrently() {
 }
 
 #[test]
+fn proxy_without_the_route_fails_at_dns() {
+    let w = World::new(
+        "stale",
+        &[Route {
+            source: "registry.corp.test",
+            destination: "lb.public.test",
+        }],
+        "lb.public.test. 120 A 127.0.0.1",
+        None,
+    );
+    // The config under review adds a route the running proxy does not have.
+    let newer = w.dir.join("newer.yaml");
+    std::fs::write(
+        &newer,
+        format!(
+            "spec:\n  infrastructure:\n    executorPrivateDNS:\n      routes:\n        - source: new.corp.test\n          destination: lb.public.test\ndnsbridge:\n  upstreams: [\"{}\"]\n",
+            w.knot.addr
+        ),
+    )
+    .unwrap();
+    let mut args = common_args(&w, 443);
+    args[1] = newer.display().to_string();
+    let r = check(with(args, &["new.corp.test", "--json"]));
+    assert_eq!(r.code, 11, "{r}");
+    let t = &r.json()["targets"][0];
+    assert_eq!(
+        verdicts(t),
+        ["route=pass", "dns=fail", "tcp=skip", "tls=skip", "api=skip"]
+    );
+    let dns = stage(t, "dns");
+    assert_eq!(dns["details"]["rcode"], "NXDOMAIN");
+    assert_eq!(dns["details"]["upstream"]["addresses"][0]["address"], "127.0.0.1");
+    assert!(
+        dns["fix"].as_str().unwrap().contains("does not apply this route"),
+        "{dns:#}"
+    );
+}
+
+#[test]
+fn no_proxy_listening_fails_at_dns() {
+    let dir = TempDir::new("noproxy");
+    let port = free_port(LOOP);
+    let r = check([
+        "registry.corp.test",
+        "--server",
+        &format!("127.0.0.1:{port}"),
+        "--timeout",
+        "2s",
+        "--json",
+    ]);
+    drop(dir);
+    assert_eq!(r.code, 11, "{r}");
+    let t = &r.json()["targets"][0];
+    assert_eq!(t["failed_stage"], "dns");
+    assert_eq!(stage(t, "route")["verdict"], "skip");
+    assert!(
+        stage(t, "dns")["fix"].as_str().unwrap().contains("dnsbridge serve"),
+        "{r}"
+    );
+}
+
+#[test]
+fn credentials_needed_is_a_pass_that_names_the_variables() {
+    // An IP destination: the proxy answers the address itself.
+    let w = World::new(
+        "auth",
+        &[Route {
+            source: "registry.corp.test",
+            destination: "127.0.0.1",
+        }],
+        "lb.public.test. 120 A 127.0.0.1",
+        None,
+    );
+    let (cert, key) = w.pki.leaf("registry", &["registry.corp.test"]);
+    let auth = format!(
+        "auth:\n  token:\n    realm: https://auth.corp.test/token\n    service: registry.corp.test\n    issuer: dnsbridge-test\n    rootcertbundle: {}\n",
+        w.pki.ca.display()
+    );
+    let reg = Registry::start_with(w.dir.path(), SocketAddr::new(LOOP, free_port(LOOP)), &cert, &key, &auth);
+    let r = check(with(
+        common_args(&w, reg.addr.port()),
+        &["registry.corp.test", "--json"],
+    ));
+    assert_eq!(r.code, 0, "{r}");
+    let j = r.json();
+    let t = &j["targets"][0];
+    assert_eq!(t["ok"], true);
+    assert_eq!(t["needs_credentials"], true);
+    let dns = stage(t, "dns");
+    assert_eq!(dns["details"]["chain"], serde_json::json!([]));
+    assert_eq!(dns["details"]["addresses"][0]["address"], "127.0.0.1");
+    let api = stage(t, "api");
+    assert_eq!(api["verdict"], "pass");
+    assert_eq!(api["details"]["status"], 401);
+    assert_eq!(api["details"]["docker_distribution_api_version"], "registry/2.0");
+    let summary = api["summary"].as_str().unwrap();
+    assert!(summary.contains("DOCKER_AUTH_CONFIG"), "{summary}");
+    assert!(summary.contains("https://auth.corp.test/token"), "{summary}");
+    let h = check(with(common_args(&w, reg.addr.port()), &["registry.corp.test"]));
+    assert!(h.stdout.contains("OK (credentials needed)"), "{h}");
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let r = check(["--json"]);
     assert_eq!(r.code, 2, "{r}");

@@ -537,6 +537,7 @@ impl Checker {
         let add_route = format!(
             "{name} is not routed and does not resolve upstream: add a route `- source: {name}` with the load balancer or endpoint as `destination` to spec.infrastructure.executorPrivateDNS.routes"
         );
+        let stale = "restart or reload it with this config, or point --server at the proxy that has it";
         let fail = |summary: String, fix: String| {
             (
                 StageReport::fail(Stage::Dns, took, summary, fix).with_details(details.clone()),
@@ -546,14 +547,32 @@ impl Checker {
         match res.rcode {
             "NOERROR" => {}
             "NXDOMAIN" => {
-                return match route {
-                    Some(_) => fail(
+                let Some(r) = route else {
+                    return fail(format!("NXDOMAIN for {name}"), add_route);
+                };
+                let through = r.dest_name.as_ref().is_some_and(|d| res.chain_has(&d.to_string()));
+                let upstream_has = direct
+                    .as_ref()
+                    .and_then(|d| d.as_ref().ok())
+                    .filter(|d| !d.addresses.is_empty());
+                return match upstream_has {
+                    Some(d) if !through => {
+                        let ips: Vec<String> = d.ips().iter().map(|i| i.to_string()).collect();
+                        fail(
+                            format!(
+                                "NXDOMAIN for {name}, but {dest_text} resolves upstream ({}: {})",
+                                d.server,
+                                ips.join(", ")
+                            ),
+                            format!("the proxy at {server} does not apply this route: {stale}"),
+                        )
+                    }
+                    _ => fail(
                         format!("NXDOMAIN: {shown}"),
                         format!(
                             "the route's destination {dest_text} does not exist upstream: correct it in the config (for AWS use the regional vpce-... name)"
                         ),
                     ),
-                    None => fail(format!("NXDOMAIN for {name}"), add_route),
                 };
             }
             "REFUSED" => {
@@ -592,7 +611,7 @@ impl Checker {
             } else if route.is_some() {
                 fail(
                     format!("no A/AAAA records for {name}"),
-                    format!("the proxy at {server} does not apply the route: restart or reload it with this config"),
+                    format!("the proxy at {server} does not apply the route: {stale}"),
                 )
             } else {
                 fail(format!("no A/AAAA records for {name}"), add_route)
@@ -624,9 +643,7 @@ impl Checker {
             if !applied {
                 return fail(
                     format!("{shown}: the answer does not go through the route's destination {dest_text}"),
-                    format!(
-                        "the proxy at {server} runs another config: restart or reload it with this config, or point --server at the right proxy"
-                    ),
+                    format!("the proxy at {server} does not apply this route: {stale}"),
                 );
             }
         }

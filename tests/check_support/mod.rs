@@ -353,6 +353,11 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(dir: &Path, addr: SocketAddr, cert: &Path, key: &Path) -> Registry {
+        Registry::start_with(dir, addr, cert, key, "")
+    }
+
+    /// `extra`: more top-level YAML for the registry's config (such as `auth:`).
+    pub fn start_with(dir: &Path, addr: SocketAddr, cert: &Path, key: &Path, extra: &str) -> Registry {
         let rdir = dir.join(format!("registry-{}", addr.port()));
         std::fs::create_dir_all(rdir.join("data")).unwrap();
         let conf = rdir.join("config.yml");
@@ -363,7 +368,7 @@ impl Registry {
                 rdir.join("data").display(),
                 cert.display(),
                 key.display()
-            ),
+            ) + extra,
         )
         .unwrap();
         let mut child = Command::new("/usr/bin/docker-registry")
@@ -473,21 +478,23 @@ impl World {
 }
 
 /// The binary that runs `check`: the main binary once it has the subcommand,
-/// else the `check_cli` example next to it.
+/// else the `check_cli` example, built once per test run (`cargo test
+/// --test` does not rebuild examples by itself).
 pub fn check_bin() -> PathBuf {
-    let main = dnsbridge_bin();
-    if help_of(&main, "check").contains("--ca-file") {
-        return main;
-    }
-    let ex = main.parent().unwrap().join("examples").join("check_cli");
-    if !ex.exists() {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let main = dnsbridge_bin();
+        if help_of(&main, "check").contains("--ca-file") {
+            return main;
+        }
         run_ok(
             Command::new(env!("CARGO"))
                 .args(["build", "--quiet", "--example", "check_cli"])
                 .current_dir(env!("CARGO_MANIFEST_DIR")),
         );
-    }
-    ex
+        main.parent().unwrap().join("examples").join("check_cli")
+    })
+    .clone()
 }
 
 pub struct CheckRun {
