@@ -78,7 +78,7 @@ Targets: NAME, NAME:PORT, https://NAME[:PORT][/BASE/] or http://... (no TLS stag
 The kind is --kind, else http for a URL with a path, else docker. The port is the
 URL's, else --port, else 443 (80 for http://). Without targets, the source of every
 route in --config is checked, concurrently, with a progress line per target on stderr.
---server defaults to the config's first listen address, else 127.0.0.1:53.
+--server defaults to the config's loopback listen address (else its first), else 127.0.0.1:53.
 
 Examples:
   dnsbridge check registry.corp.example --server 127.0.0.1:53
@@ -101,7 +101,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// The DNS proxy to ask [default: the config's first listen address, else 127.0.0.1:53].
+    /// The DNS proxy to ask [default: the config's loopback listen address, else 127.0.0.1:53].
     #[arg(long, value_name = "ADDR:PORT", value_parser = target::parse_dns_server)]
     pub server: Option<SocketAddr>,
 
@@ -142,7 +142,7 @@ pub struct Checker {
     pub upstreams: Vec<SocketAddr>,
     pub routes: Option<RouteTable>,
     pub timeout: Duration,
-    tls: Option<tls::TlsContext>,
+    tls: Option<Arc<tls::TlsContext>>,
     ca_file: Option<PathBuf>,
 }
 
@@ -162,7 +162,12 @@ pub fn prepare(args: &CheckArgs) -> Result<(Checker, Vec<Item>), UsageError> {
     let server = args.server.unwrap_or_else(|| {
         config
             .as_ref()
-            .and_then(|c| c.runtime.listen.first().copied())
+            .and_then(|c| {
+                // The host reaches the proxy through its loopback listener
+                // (the bridge address drops the host's own packets).
+                let l = &c.runtime.listen;
+                l.iter().find(|a| a.ip().is_loopback()).or(l.first()).copied()
+            })
             .map(|mut sa| {
                 if sa.ip().is_unspecified() {
                     sa.set_ip(if sa.is_ipv4() {
@@ -211,7 +216,9 @@ pub fn prepare(args: &CheckArgs) -> Result<(Checker, Vec<Item>), UsageError> {
     }
     let needs_tls = items.iter().any(|i| matches!(i, Item::Target(t) if t.tls));
     let tls = if needs_tls || args.ca_file.is_some() {
-        Some(tls::TlsContext::new(args.ca_file.as_deref()).map_err(UsageError)?)
+        Some(Arc::new(
+            tls::TlsContext::new(args.ca_file.as_deref()).map_err(UsageError)?,
+        ))
     } else {
         None
     };
@@ -828,19 +835,19 @@ impl Checker {
         };
         // Every address the TCP stage opened: each load balancer node may hold
         // a different certificate.
+        let mut set = JoinSet::new();
+        for (i, (ip, s)) in streams.into_iter().enumerate() {
+            let (ctx, sni, timeout) = (ctx.clone(), sni.clone(), self.timeout);
+            set.spawn(async move { (i, ip, tls::handshake(&ctx, s, sni, timeout).await) });
+        }
         let mut outcomes = Vec::new();
-        {
-            let mut futs = Vec::new();
-            for (ip, s) in streams {
-                let sni = sni.clone();
-                futs.push(async move { (ip, tls::handshake(ctx, s, sni, self.timeout).await) });
-            }
-            for f in futs {
-                // Streams are independent; run them one after another but each
-                // is bounded by the timeout. Typically there are 1-3 addresses.
-                outcomes.push(f.await);
+        while let Some(j) = set.join_next().await {
+            if let Ok(x) = j {
+                outcomes.push(x);
             }
         }
+        outcomes.sort_by_key(|o| o.0);
+        let outcomes = outcomes.into_iter().map(|(_, ip, h)| (ip, h));
         let took = start.elapsed();
         let private = t.host.to_string();
         let public = route.and_then(|r| r.dest_name.as_ref()).map(|n| n.to_string());
