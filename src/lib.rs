@@ -13,6 +13,7 @@ pub mod config;
 pub mod core;
 pub mod name;
 pub mod net;
+pub mod privdrop;
 pub mod ratelimit;
 pub mod route;
 pub mod serve;

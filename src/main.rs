@@ -76,6 +76,13 @@ struct ServeArgs {
     /// Serve Prometheus metrics, /healthz, /readyz and /routes on this address.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<SocketAddr>,
+    /// After binding, run as this user (keeps only CAP_NET_ADMIN, and only when an egress set
+    /// is configured).
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// Log every query: client, name, type, how it was answered.
+    #[arg(long)]
+    query_log: bool,
     /// Log format.
     #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
     log_format: String,
@@ -131,6 +138,8 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         cache_bytes: args.cache_size,
         rate_limit: args.rate_limit,
         metrics: args.metrics,
+        user: args.user,
+        query_log: args.query_log,
     };
     // Fail on a bad config before starting any thread.
     if let Err(e) = serve::effective_config(&o) {

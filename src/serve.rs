@@ -36,6 +36,10 @@ pub struct Overrides {
     pub cache_bytes: Option<u64>,
     pub rate_limit: Option<u32>,
     pub metrics: Option<SocketAddr>,
+    /// Switch to this user once the listeners are bound.
+    pub user: Option<String>,
+    /// Log every query (client, name, type, outcome).
+    pub query_log: bool,
 }
 
 #[derive(Debug, Error)]
@@ -194,6 +198,7 @@ impl Running {
         let cache = Cache::new(cs);
         let limiter = RateLimiter::new(o.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT), true);
         let shared = Shared::new(build_state(&cfg), upstreams, cache, limiter);
+        shared.query_log.store(o.query_log, Ordering::Relaxed);
         let mut bound = Vec::new();
         let mut tasks = Vec::new();
         for addr in &listen {
@@ -209,6 +214,10 @@ impl Running {
             bound.push(("tcp", tcp.local_addr()?));
             tasks.push(tokio::spawn(server::serve_udp(Arc::new(udp), shared.clone())));
             tasks.push(tokio::spawn(server::serve_tcp(tcp, shared.clone())));
+        }
+        if let Some(user) = &o.user {
+            crate::privdrop::drop_to(user, cfg.runtime.egress_set.is_some())
+                .map_err(|e| ServeError::Config(format!("cannot drop privileges: {e}")))?;
         }
         tracing::info!(
             routes = cfg.routes.len(),

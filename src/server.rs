@@ -51,6 +51,8 @@ pub struct Shared {
     in_flight: Semaphore,
     /// Set on SIGTERM: listeners stop taking new queries.
     pub draining: AtomicBool,
+    /// Log one line per query.
+    pub query_log: AtomicBool,
 }
 
 impl Shared {
@@ -63,6 +65,7 @@ impl Shared {
             limiter,
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
             draining: AtomicBool::new(false),
+            query_log: AtomicBool::new(false),
         })
     }
 
@@ -182,6 +185,26 @@ impl Shared {
         }
     }
 
+    /// One query-log line: who asked what, and what they got.
+    pub fn log_query(&self, peer: SocketAddr, transport: Transport, packet: &[u8], answer: Option<&[u8]>, how: &str) {
+        if !self.query_log.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(q) = Query::parse(packet) else { return };
+        let name = crate::name::Name::from_wire_lower(q.qname_lower());
+        let rcode = answer.and_then(|a| crate::wire::Header::new(a).ok()).map(|h| h.rcode());
+        tracing::info!(
+            target: "query",
+            client = %peer.ip(),
+            transport = ?transport,
+            name = %name,
+            qtype = q.qtype,
+            rcode = ?rcode,
+            how,
+            "query"
+        );
+    }
+
     fn count_reply(&self, state: &State, peer: SocketAddr) {
         if !state.allowed(peer.ip()) {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -250,6 +273,7 @@ pub async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
         match core::handle(&state, &shared.cache, packet, peer.ip(), Transport::Udp, Instant::now()) {
             Action::Reply(b) => {
                 shared.count_reply(&state, peer);
+                shared.log_query(peer, Transport::Udp, packet, Some(&b), "answered locally");
                 let _ = sock.send_to(&b, peer).await;
             }
             Action::Drop => {
@@ -269,7 +293,14 @@ pub async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
                 let shared2 = shared.clone();
                 let sock2 = sock.clone();
                 tokio::spawn(async move {
-                    if let Some(b) = shared2.answer_miss(&state, &packet, action, Transport::Udp).await {
+                    let how = if matches!(action, Action::Resolve(..)) {
+                        "routed"
+                    } else {
+                        "forwarded"
+                    };
+                    let out = shared2.answer_miss(&state, &packet, action, Transport::Udp).await;
+                    shared2.log_query(peer, Transport::Udp, &packet, out.as_deref(), how);
+                    if let Some(b) = out {
                         let _ = sock2.send_to(&b, peer).await;
                     }
                     shared2.in_flight.add_permits(1);
@@ -352,7 +383,9 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         let shared = shared.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            if let Some(out) = shared.answer(&msg, peer, Transport::Tcp).await {
+            let out = shared.answer(&msg, peer, Transport::Tcp).await;
+            shared.log_query(peer, Transport::Tcp, &msg, out.as_deref(), "tcp");
+            if let Some(out) = out {
                 let _ = tx.send(out).await;
             }
             shared.in_flight.add_permits(1);
