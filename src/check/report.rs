@@ -241,3 +241,64 @@ fn fmt_ms(ms: f64) -> String {
         format!("{ms:.1}ms")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(name: &str, failed: Option<Stage>) -> TargetReport {
+        let stages = Stage::ALL
+            .iter()
+            .map(|&s| match failed {
+                Some(f) if f == s => StageReport::fail(s, Duration::from_millis(2), "broken", "mend it"),
+                Some(f) if s > f => StageReport::skip(s, "not run"),
+                _ => StageReport::pass(s, Duration::from_micros(1500), "fine"),
+            })
+            .collect();
+        TargetReport {
+            target: name.into(),
+            host: name.into(),
+            port: 443,
+            kind: Kind::Docker,
+            url: format!("https://{name}/v2/"),
+            ok: failed.is_none(),
+            failed_stage: failed,
+            exit_code: failed.map_or(0, Stage::exit_code),
+            needs_credentials: false,
+            stages,
+        }
+    }
+
+    #[test]
+    fn exit_code_is_the_earliest_failing_stage() {
+        let r = Report::from_targets(
+            "127.0.0.1:53".into(),
+            vec![target("a", Some(Stage::Api)), target("b", None)],
+        );
+        assert_eq!((r.ok, r.exit_code), (false, 14));
+        let r = Report::from_targets(
+            "s".into(),
+            vec![
+                target("a", Some(Stage::Api)),
+                target("b", Some(Stage::Tcp)),
+                target("c", Some(Stage::Tls)),
+            ],
+        );
+        assert_eq!(r.exit_code, 12);
+        let r = Report::from_targets("s".into(), vec![target("a", None)]);
+        assert_eq!((r.ok, r.exit_code), (true, 0));
+    }
+
+    #[test]
+    fn table_without_colour() {
+        let r = Report::from_targets("s".into(), vec![target("registry.corp.example", Some(Stage::Tls))]);
+        let text = render_human(&r, false);
+        assert!(!text.contains('\x1b'));
+        assert!(text.contains("FAIL at tls (exit 13)"));
+        assert!(text.contains("  tcp   pass    1.5ms  fine"), "{text}");
+        assert!(text.contains("  tls   FAIL    2.0ms  broken"), "{text}");
+        assert!(text.contains("fix:") && text.contains("mend it"));
+        assert!(text.contains("  api   skip        -  not run"), "{text}");
+        assert!(render_human(&r, true).contains("\x1b[1;31mFAIL"));
+    }
+}
