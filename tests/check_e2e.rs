@@ -442,6 +442,59 @@ fn credentials_needed_is_a_pass_that_names_the_variables() {
 }
 
 #[test]
+fn plain_http_url_skips_tls() {
+    let w = World::new(
+        "http",
+        &[Route {
+            source: "registry.corp.test",
+            destination: "lb.public.test",
+        }],
+        "lb.public.test. 120 A 127.0.0.1",
+        None,
+    );
+    let reg = Registry::start_plain(w.dir.path(), SocketAddr::new(LOOP, free_port(LOOP)));
+    let url = format!("http://registry.corp.test:{}/", reg.addr.port());
+    let r = check(with(
+        common_args(&w, 443),
+        &[url.as_str(), "--kind", "docker", "--json"],
+    ));
+    assert_eq!(r.code, 0, "{r}");
+    let t = &r.json()["targets"][0];
+    assert_eq!(
+        verdicts(t),
+        ["route=pass", "dns=pass", "tcp=pass", "tls=skip", "api=pass"]
+    );
+    assert_eq!(t["url"], format!("http://registry.corp.test:{}/v2/", reg.addr.port()));
+}
+
+#[test]
+fn large_answer_is_fetched_over_tcp() {
+    // 100 addresses do not fit a 1232-byte UDP answer: TC, then TCP.
+    let records: Vec<String> = (1..=100)
+        .map(|i| format!("big.public.test. 120 A 127.0.1.{i}"))
+        .collect();
+    let w = World::new(
+        "big",
+        &[Route {
+            source: "big.corp.test",
+            destination: "big.public.test",
+        }],
+        &records.join("\n"),
+        None,
+    );
+    let r = check(with(common_args(&w, free_port(LOOP)), &["big.corp.test", "--json"]));
+    let t = &r.json()["targets"][0];
+    let dns = stage(t, "dns");
+    assert_eq!(dns["verdict"], "pass", "{r}");
+    assert_eq!(dns["details"]["over_tcp"], true, "{dns:#}");
+    assert_eq!(dns["details"]["addresses"].as_array().unwrap().len(), 100);
+    assert!(dns["summary"].as_str().unwrap().contains("(+92 more)"), "{dns:#}");
+    // Nothing listens on those addresses: TCP fails, over at most 16 of them.
+    assert_eq!(r.code, 12, "{r}");
+    assert_eq!(stage(t, "tcp")["details"]["addresses"].as_array().unwrap().len(), 16);
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let r = check(["--json"]);
     assert_eq!(r.code, 2, "{r}");

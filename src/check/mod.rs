@@ -1007,12 +1007,17 @@ fn describe_resolution(name: &Name, r: &dns::Resolution) -> String {
         s.push_str(&format!(" CNAME {} ({}s)", l.cname, l.ttl));
     }
     if !r.addresses.is_empty() {
+        const SHOWN: usize = 8;
         let addrs: Vec<String> = r
             .addresses
             .iter()
+            .take(SHOWN)
             .map(|a| format!("{} ({}s)", a.address, a.ttl))
             .collect();
         s.push_str(&format!(" -> {}", addrs.join(", ")));
+        if r.addresses.len() > SHOWN {
+            s.push_str(&format!(" (+{} more)", r.addresses.len() - SHOWN));
+        }
     }
     s
 }

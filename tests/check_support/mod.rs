@@ -356,19 +356,31 @@ impl Registry {
         Registry::start_with(dir, addr, cert, key, "")
     }
 
+    /// Plain HTTP, no TLS.
+    pub fn start_plain(dir: &Path, addr: SocketAddr) -> Registry {
+        Registry::spawn(dir, addr, String::new())
+    }
+
     /// `extra`: more top-level YAML for the registry's config (such as `auth:`).
     pub fn start_with(dir: &Path, addr: SocketAddr, cert: &Path, key: &Path, extra: &str) -> Registry {
+        let tls = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n{extra}",
+            cert.display(),
+            key.display()
+        );
+        Registry::spawn(dir, addr, tls)
+    }
+
+    fn spawn(dir: &Path, addr: SocketAddr, tail: String) -> Registry {
         let rdir = dir.join(format!("registry-{}", addr.port()));
         std::fs::create_dir_all(rdir.join("data")).unwrap();
         let conf = rdir.join("config.yml");
         std::fs::write(
             &conf,
             format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tail}",
                 rdir.join("data").display(),
-                cert.display(),
-                key.display()
-            ) + extra,
+            ),
         )
         .unwrap();
         let mut child = Command::new("/usr/bin/docker-registry")
@@ -505,8 +517,7 @@ pub struct CheckRun {
 
 impl CheckRun {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self}"))
     }
 }
 
