@@ -17,8 +17,7 @@ enum Cmd {
     Check(dnsbridge::check::CheckArgs),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let Cmd::Check(args) = Cli::parse().cmd;
-    dnsbridge::check::run(args).await
+    dnsbridge::check::run_blocking(args)
 }

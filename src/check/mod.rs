@@ -262,6 +262,17 @@ pub async fn run(args: CheckArgs) -> ExitCode {
     ExitCode::from(report.exit_code)
 }
 
+/// [`run`] on a runtime of its own, for a synchronous `main`.
+pub fn run_blocking(args: CheckArgs) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(run(args)),
+        Err(e) => {
+            eprintln!("dnsbridge check: cannot start the runtime: {e}");
+            ExitCode::from(EXIT_INTERNAL)
+        }
+    }
+}
+
 /// A route the name matched, as the stages use it.
 struct RouteInfo {
     /// The name the proxy resolves (None for IP destinations).
