@@ -121,6 +121,35 @@ fn full_pass_through_the_proxy() {
         assert_eq!(s["fix"], Value::Null);
     }
 
+    // Without the test CA, the chain is not trusted.
+    let mut args = common_args(&w, reg.addr.port());
+    args.drain(6..8);
+    assert!(!args.iter().any(|a| a == "--ca-file"));
+    let u = check(with(args, &["registry.corp.test", "--json"]));
+    assert_eq!(u.code, 13, "{u}");
+    let tls = stage(&u.json()["targets"][0], "tls").clone();
+    assert!(tls["summary"].as_str().unwrap().contains("untrusted CA"), "{tls:#}");
+    assert!(tls["fix"].as_str().unwrap().contains("--ca-file"), "{tls:#}");
+    // A host with no CA certificates at all still gets the names and a fix.
+    let empty = w.dir.join("no-roots");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut args = common_args(&w, reg.addr.port());
+    args.drain(6..8);
+    let e = check_env(
+        with(args, &["registry.corp.test", "--json"]),
+        &[
+            ("SSL_CERT_FILE", empty.join("none.pem").as_os_str()),
+            ("SSL_CERT_DIR", empty.as_os_str()),
+        ],
+    );
+    assert_eq!(e.code, 13, "{e}");
+    let tls = stage(&e.json()["targets"][0], "tls").clone();
+    assert_eq!(
+        tls["details"]["presented_names"],
+        serde_json::json!(["registry.corp.test"])
+    );
+    assert!(tls["fix"].as_str().unwrap().contains("ca-certificates"), "{tls:#}");
+
     // The same check as a human reads it.
     let h = check(with(common_args(&w, reg.addr.port()), &["registry.corp.test"]));
     eprintln!("{h}");

@@ -256,6 +256,10 @@ fn unexpected(line: &str) -> ApiVerdict {
 
 /// The `realm` of a `Bearer` challenge.
 fn auth_realm(h: &str) -> Option<String> {
+    // Only a Bearer challenge names a token service; Basic's realm is a label.
+    if !h.trim_start().to_ascii_lowercase().starts_with("bearer ") {
+        return None;
+    }
     let i = h.to_ascii_lowercase().find("realm=")?;
     let rest = &h[i + 6..];
     let v = if let Some(q) = rest.strip_prefix('"') {
@@ -289,6 +293,11 @@ mod tests {
             "https://auth.corp.example/token"
         );
         assert!(parse_head(b"SSH-2.0-OpenSSH").is_err());
+        assert_eq!(auth_realm("Basic realm=\"basic-realm\""), None);
+        assert_eq!(
+            auth_realm("Bearer realm=https://a.example/t,service=r").unwrap(),
+            "https://a.example/t"
+        );
     }
 
     #[test]

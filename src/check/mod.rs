@@ -910,6 +910,7 @@ impl Checker {
                         public.as_deref(),
                         &presented,
                         self.timeout,
+                        ctx.has_no_roots(),
                     );
                     per_addr.push(json!({
                         "address": ip.to_string(), "ok": false, "error": summary, "certificate": cert_json,
@@ -1054,6 +1055,7 @@ fn explain_tls_failure(
     public: Option<&str>,
     presented: &[String],
     timeout: Duration,
+    no_roots: bool,
 ) -> (String, String) {
     use rustls::CertificateError as CE;
     let names = if presented.is_empty() {
@@ -1093,7 +1095,11 @@ fn explain_tls_failure(
                     "certificate for {names} issued by an untrusted CA ({})",
                     cert.map_or("?".to_string(), |c| c.issuer.clone())
                 ),
-                "give the CA that signed it with --ca-file (the jobs need it in their trust store too), or serve a chain to a public root".into(),
+                if no_roots {
+                    "this host has no CA certificates: install ca-certificates, or give the registry's CA with --ca-file".into()
+                } else {
+                    "give the CA that signed it with --ca-file (the jobs need it in their trust store too), or serve a chain to a public root".into()
+                },
             ),
             CE::Expired | CE::ExpiredContext { .. } => (
                 format!("certificate expired ({})", cert.map_or("?".to_string(), |c| c.not_after.clone())),

@@ -20,7 +20,7 @@ use tokio_rustls::client::TlsStream;
 /// Roots and verifier, built once per run.
 pub struct TlsContext {
     provider: Arc<CryptoProvider>,
-    verifier: Arc<WebPkiServerVerifier>,
+    verifier: Option<Arc<WebPkiServerVerifier>>,
     pub system_roots: usize,
     pub extra_roots: usize,
 }
@@ -52,18 +52,28 @@ impl TlsContext {
             }
             extra_roots = added;
         }
-        if roots.is_empty() {
-            return Err("no trusted root certificate: the system has none; give --ca-file".into());
-        }
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| format!("cannot build the certificate verifier: {e}"))?;
+        // With no root at all (no ca-certificates, no --ca-file) every chain
+        // is untrusted: the TLS stage says so, after recording the names.
+        let verifier = if roots.is_empty() {
+            None
+        } else {
+            Some(
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| format!("cannot build the certificate verifier: {e}"))?,
+            )
+        };
         Ok(TlsContext {
             provider,
             verifier,
             system_roots,
             extra_roots,
         })
+    }
+
+    /// No trusted root at all: neither system certificates nor --ca-file.
+    pub fn has_no_roots(&self) -> bool {
+        self.verifier.is_none()
     }
 
     fn connector(&self, recorder: Arc<Recorder>) -> Result<TlsConnector, rustls::Error> {
@@ -80,7 +90,9 @@ impl TlsContext {
 /// Delegates to the WebPKI verifier and keeps the leaf certificate it saw.
 #[derive(Debug)]
 struct Recorder {
-    inner: Arc<WebPkiServerVerifier>,
+    /// None when there is no trusted root: every chain is then untrusted.
+    inner: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
     leaf: Mutex<Option<CertificateDer<'static>>>,
     chain_len: Mutex<usize>,
 }
@@ -96,8 +108,12 @@ impl ServerCertVerifier for Recorder {
     ) -> Result<ServerCertVerified, rustls::Error> {
         *self.leaf.lock().unwrap_or_else(|p| p.into_inner()) = Some(end_entity.clone().into_owned());
         *self.chain_len.lock().unwrap_or_else(|p| p.into_inner()) = 1 + intermediates.len();
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        match &self.inner {
+            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
+        }
     }
 
     fn verify_tls12_signature(
@@ -106,7 +122,7 @@ impl ServerCertVerifier for Recorder {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -115,11 +131,11 @@ impl ServerCertVerifier for Recorder {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -232,6 +248,7 @@ pub async fn handshake(
 ) -> Handshake {
     let recorder = Arc::new(Recorder {
         inner: ctx.verifier.clone(),
+        provider: ctx.provider.clone(),
         leaf: Mutex::new(None),
         chain_len: Mutex::new(0),
     });

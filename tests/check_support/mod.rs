@@ -537,9 +537,19 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
+    check_env(args, &[])
+}
+
+/// Runs `dnsbridge check ARGS` with extra environment variables.
+pub fn check_env<I, S>(args: I, env: &[(&str, &std::ffi::OsStr)]) -> CheckRun
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     let out = Command::new(check_bin())
         .arg("check")
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .output()
