@@ -8,6 +8,14 @@
 //! stage has a verdict, a duration, a one-line summary and, on failure, a
 //! one-line fix. The system resolver is never used: TCP and TLS go to the
 //! addresses of the DNS stage.
+//!
+//! Exit codes: 0 all passed, 1 internal error, 2 usage or config error, then
+//! the earliest failing stage over all targets: 10 route, 11 DNS, 12 TCP,
+//! 13 TLS, 14 API. `--help` carries the same table ([`CheckArgs`]).
+//!
+//! Library use: [`prepare`] turns [`CheckArgs`] into a [`Checker`] and its
+//! items, [`Checker::check_all`] returns the typed [`Report`] that `--json`
+//! prints; [`run`] / [`run_blocking`] do all of it and print.
 
 pub mod dns;
 pub mod http;
@@ -142,6 +150,8 @@ pub struct Checker {
     pub upstreams: Vec<SocketAddr>,
     pub routes: Option<RouteTable>,
     pub timeout: Duration,
+    /// The config's global `flatten` (a route's own setting wins).
+    flatten: bool,
     tls: Option<Arc<tls::TlsContext>>,
     ca_file: Option<PathBuf>,
 }
@@ -225,6 +235,7 @@ pub fn prepare(args: &CheckArgs) -> Result<(Checker, Vec<Item>), UsageError> {
     let checker = Checker {
         server,
         upstreams,
+        flatten: config.as_ref().is_some_and(|c| c.runtime.flatten),
         routes: config.map(|c| RouteTable::new(c.routes)),
         timeout: args.timeout,
         tls,
@@ -468,7 +479,7 @@ impl Checker {
             dest_name,
             dest_ips,
             resolver: r.resolver,
-            flatten: r.flatten.unwrap_or(false),
+            flatten: r.flatten.unwrap_or(self.flatten),
             summary: r.destination.to_string(),
         };
         (
