@@ -295,7 +295,7 @@ struct RouteInfo {
 }
 
 impl Checker {
-    /// Checks every item, at most [`PARALLEL`] at once; the report keeps the
+    /// Checks every item, at most eight at once; the report keeps the
     /// order of `items`. With `progress`, a line per finished target goes to stderr.
     pub async fn check_all(self, items: Vec<Item>, progress: bool) -> Report {
         let me = Arc::new(self);
