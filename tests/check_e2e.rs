@@ -467,6 +467,7 @@ fn credentials_needed_is_a_pass_that_names_the_variables() {
     assert!(summary.contains("DOCKER_AUTH_CONFIG"), "{summary}");
     assert!(summary.contains("https://auth.corp.test/token"), "{summary}");
     let h = check(with(common_args(&w, reg.addr.port()), &["registry.corp.test"]));
+    eprintln!("{h}");
     assert!(h.stdout.contains("OK (credentials needed)"), "{h}");
 }
 
