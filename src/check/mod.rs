@@ -694,8 +694,8 @@ impl Checker {
                 }
             }
             (Some(Err(e)), _, _) => notes.push(format!("upstream not compared: {e}")),
-            (None, None, _) => notes.push("no upstream to compare with (give --upstream)".into()),
             (None, _, None) => notes.push("IP destination: the proxy answers it itself".into()),
+            (None, None, _) => notes.push("no upstream to compare with (give --upstream)".into()),
             _ => {}
         }
         if res.over_tcp {
