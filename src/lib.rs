@@ -8,6 +8,7 @@
 //! thin async shell around it.
 
 pub mod cache;
+pub mod check;
 pub mod config;
 pub mod core;
 pub mod name;

@@ -347,7 +347,9 @@ fn bind_pair(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, tokio::net::Tcp
             Err(e) => last = Some(std::io::Error::new(e.kind(), format!("cannot bind TCP {b}: {e}"))),
         }
     }
-    Err(ServeError::Io(last.unwrap_or_else(|| std::io::Error::other("no attempt made"))))
+    Err(ServeError::Io(
+        last.unwrap_or_else(|| std::io::Error::other("no attempt made")),
+    ))
 }
 
 /// Default per-client query rate (non-loopback clients), per second.
