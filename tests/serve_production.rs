@@ -172,6 +172,17 @@ fn config_yaml(routes: &[Route]) -> String {
     config_text(routes, false)
 }
 
+/// [`config_yaml`] plus a `dnsbridge:` block of runtime settings
+/// (`runtime` is its body, indented by two spaces).
+fn config_with_runtime(routes: &[Route], runtime: &str) -> String {
+    let mut y = config_yaml(routes);
+    y.push_str("dnsbridge:\n");
+    for line in runtime.lines() {
+        y.push_str(&format!("  {line}\n"));
+    }
+    y
+}
+
 /// Replaces the file the way editors and config syncers do: write a
 /// temporary file in the same directory, then rename it over the old one.
 fn write_by_rename(path: &Path, text: &str) {
@@ -1453,6 +1464,91 @@ fn a_reload_that_changes_a_route_drops_its_cached_answer_and_keeps_the_others() 
         ttl > STALE_TTL && ttl <= 300,
         "an unchanged route lost its cached answer on reload (TTL {ttl}):\n{}",
         w.dump()
+    );
+}
+
+/// DESIGN: "a destination that is itself a routed source is resolved
+/// through that route". The cached answer of `front` holds `back`'s chain,
+/// so changing `back` affects `front`'s cached answer too.
+#[test]
+fn a_reload_drops_cached_answers_of_routes_chained_through_the_changed_one() {
+    let knot = knot_a();
+    let routes = |back: u8| {
+        [
+            route("front.corp.example", "back.corp.example").ttl(600),
+            route("back.corp.example", &format!("t{back}.prod.test")).ttl(600),
+        ]
+    };
+    let config = write_config(&config_yaml(&routes(1)));
+    let proxy = start_proxy(&config, &[knot.addr()], &[]);
+    let server = proxy.udp();
+    arm_watcher(&proxy, config.path());
+
+    let w = ask_udp(server, "front.corp.example", A);
+    assert_eq!(w.rcode(), NOERROR, "{}", w.dump());
+    assert_eq!(
+        cname_targets(&w),
+        vec!["back.corp.example.".to_string(), "t1.prod.test.".to_string()],
+        "{}",
+        w.dump()
+    );
+    assert_eq!(addrs(&w), vec![t_addr(1)], "{}", w.dump());
+
+    let reloads = proxy.count_log("config reloaded");
+    write_by_rename(config.path(), &config_yaml(&routes(2)));
+    assert!(
+        proxy.wait_for_log_count("config reloaded", reloads, Duration::from_secs(5)),
+        "the rewritten config was not reloaded within 5 s:\n{}",
+        proxy.log()
+    );
+    let w = ask_udp(server, "back.corp.example", A);
+    assert_eq!(addrs(&w), vec![t_addr(2)], "the changed route itself:\n{}", w.dump());
+    let w = ask_udp(server, "front.corp.example", A);
+    assert_eq!(
+        addrs(&w),
+        vec![t_addr(2)],
+        "front.corp.example routes through back.corp.example, whose route changed, \
+         but its old cached chain was served:\n{}",
+        w.dump()
+    );
+    assert_eq!(
+        cname_targets(&w),
+        vec!["back.corp.example.".to_string(), "t2.prod.test.".to_string()],
+        "{}",
+        w.dump()
+    );
+}
+
+/// Upstreams set in the file's `dnsbridge:` block (no `--upstream` flag)
+/// change on reload too.
+#[test]
+fn a_reload_that_changes_the_upstreams_in_the_file_takes_effect() {
+    let a = knot_a();
+    let b = knot_b();
+    let config = write_config(&config_with_runtime(&[], &format!("upstreams: [\"{}\"]", a.addr())));
+    let args = proxy_args(Some(&config), &[], &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proxy = Proxy::start(&args);
+    let server = proxy.udp();
+    arm_watcher(&proxy, config.path());
+    let w = ask_udp(server, "x0.many.prod.test", A);
+    assert_eq!(addrs(&w), vec![ip("192.0.2.101")], "{}", w.dump());
+
+    write_by_rename(
+        config.path(),
+        &config_with_runtime(&[], &format!("upstreams: [\"{}\"]", b.addr())),
+    );
+    let mut i = 0;
+    let t0 = Instant::now();
+    let switched = poll(Duration::from_secs(4), Duration::from_millis(20), || {
+        i += 1;
+        let w = ask_udp(server, &format!("x{i}.many.prod.test"), A);
+        (addrs(&w) == vec![ip("192.0.2.102")]).then(|| t0.elapsed())
+    });
+    assert!(
+        switched.is_some_and(|t| t <= Duration::from_secs(2)),
+        "the new upstream from the reloaded file was not used within 2 s ({switched:?}):\n{}",
+        proxy.log()
     );
 }
 
