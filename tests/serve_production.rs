@@ -905,6 +905,52 @@ fn with_the_first_upstream_dead_queries_fail_over_within_one_timeout_and_skip_it
     );
 }
 
+/// Failover also on an answer that is no answer: SERVFAIL or REFUSED from
+/// the first upstream moves on to the next at once.
+#[test]
+fn servfail_or_refused_from_the_first_upstream_fails_over_to_the_next() {
+    let b = knot_b();
+    for (label, code) in [("SERVFAIL", ResponseCode::ServFail), ("REFUSED", ResponseCode::Refused)] {
+        let failing = FakeUpstream::start(move |req| {
+            let q = Message::from_vec(&req.bytes).ok()?;
+            let mut m = reply_to(&req.bytes);
+            m.metadata.response_code = code;
+            if q.edns.is_some() {
+                m.set_edns(Edns::new());
+            }
+            m.to_vec().ok()
+        });
+        let config = write_config(&config_yaml(&[route("*.fo.corp.example", "*.many.prod.test")]));
+        let timeout_arg = format!("{}ms", UPSTREAM_TIMEOUT.as_millis());
+        let proxy = start_proxy(
+            &config,
+            &[failing.addr(), b.addr()],
+            &["--upstream-timeout", &timeout_arg],
+        );
+        for i in 0..6 {
+            let name = if i % 2 == 0 {
+                format!("s{i}.many.prod.test")
+            } else {
+                format!("s{i}.fo.corp.example")
+            };
+            let t = Instant::now();
+            let w = ask_udp(proxy.udp(), &name, A);
+            let took = t.elapsed();
+            assert_eq!(
+                w.rcode(),
+                NOERROR,
+                "{label} from the first upstream, {name}:\n{}",
+                w.dump()
+            );
+            assert_eq!(addrs(&w), vec![ip("192.0.2.102")], "{label}, {name}:\n{}", w.dump());
+            assert!(
+                took < UPSTREAM_TIMEOUT + SLACK,
+                "{label}, {name}: took {took:?}, as if the {label} answer had been waited out"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 4. Serve-stale and SERVFAIL with EDE 22
 // ---------------------------------------------------------------------------
