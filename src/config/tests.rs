@@ -1,27 +1,41 @@
 use super::*;
 
 fn wrap(routes: &str) -> String {
-    format!("spec:\n  infrastructure:\n    executorPrivateDNS:\n      proxyTag: 202311201628\n      routes:\n{routes}")
+    format!(
+        "spec:\n  infrastructure:\n    executorPrivateDNS:\n      proxyTag: 202311201628\n      routes:\n{routes}"
+    )
 }
 
 fn rules(text: &str) -> Vec<(&'static str, u32, u32)> {
-    parse_str(text).diagnostics.iter().map(|d| (d.rule, d.pos.line, d.pos.column)).collect()
+    parse_str(text)
+        .diagnostics
+        .iter()
+        .map(|d| (d.rule, d.pos.line, d.pos.column))
+        .collect()
 }
 
 #[test]
 fn seed_example_is_valid() {
-    let text = wrap("        - destination: customer.loadbalancer.public.domain\n          source: customer.registry.private.domain\n");
+    let text = wrap(
+        "        - destination: customer.loadbalancer.public.domain\n          source: customer.registry.private.domain\n",
+    );
     let p = parse_str(&text);
     assert!(p.diagnostics.is_empty(), "{:?}", p.diagnostics);
     let c = p.config.unwrap();
     assert_eq!(c.proxy_tag, Some(202311201628));
     assert_eq!(c.routes.len(), 1);
-    assert_eq!(c.routes[0].source, Source::Exact(Name::parse("customer.registry.private.domain").unwrap()));
+    assert_eq!(
+        c.routes[0].source,
+        Source::Exact(Name::parse("customer.registry.private.domain").unwrap())
+    );
 }
 
 #[test]
 fn other_keys_of_the_file_are_ignored() {
-    let text = format!("apiVersion: v1\nspec:\n  domain: x\n  infrastructure:\n    gcp: {{}}\n{}", &wrap("        - source: a.corp\n          destination: b.pub\n")[20..]);
+    let text = format!(
+        "apiVersion: v1\nspec:\n  domain: x\n  infrastructure:\n    gcp: {{}}\n{}",
+        &wrap("        - source: a.corp\n          destination: b.pub\n")[20..]
+    );
     let p = parse_str(&text);
     assert!(p.config.is_some(), "{:?}", p.diagnostics);
 }
@@ -30,7 +44,11 @@ fn other_keys_of_the_file_are_ignored() {
 fn typo_names_nearest_key() {
     let text = wrap("        - source: a.corp\n          destiantion: b.pub\n");
     let p = parse_str(&text);
-    let d = p.diagnostics.iter().find(|d| d.rule == "unknown-key").unwrap();
+    let d = p
+        .diagnostics
+        .iter()
+        .find(|d| d.rule == "unknown-key")
+        .unwrap();
     assert_eq!((d.pos.line, d.pos.column), (7, 11));
     assert_eq!(d.hint.as_deref(), Some("did you mean `destination`?"));
     assert_eq!(d.len, "destiantion".len() as u32);
@@ -50,24 +68,44 @@ fn all_errors_reported_at_once() {
 
 #[test]
 fn cycles_are_found_and_listed_in_order() {
-    let text = wrap("        - source: a.corp\n          destination: b.corp\n        - source: b.corp\n          destination: a.corp\n");
+    let text = wrap(
+        "        - source: a.corp\n          destination: b.corp\n        - source: b.corp\n          destination: a.corp\n",
+    );
     let p = parse_str(&text);
-    let d = p.diagnostics.iter().find(|d| d.rule == "route-cycle").unwrap();
-    assert_eq!(d.message, "routes form a cycle: a.corp -> b.corp -> a.corp");
-    let text = wrap("        - source: \"*.corp.example\"\n          destination: registry.corp.example\n");
+    let d = p
+        .diagnostics
+        .iter()
+        .find(|d| d.rule == "route-cycle")
+        .unwrap();
+    assert_eq!(
+        d.message,
+        "routes form a cycle: `a.corp` -> `b.corp` -> `a.corp`"
+    );
+    let text = wrap(
+        "        - source: \"*.corp.example\"\n          destination: registry.corp.example\n",
+    );
     assert!(rules(&text).iter().any(|r| r.0 == "route-cycle"));
-    let text = wrap("        - source: \"*.a.example\"\n          destination: \"*.b.a.example\"\n");
+    let text =
+        wrap("        - source: \"*.a.example\"\n          destination: \"*.b.a.example\"\n");
     assert!(rules(&text).iter().any(|r| r.0 == "route-cycle"));
     // A chain that leaves the routes is fine.
-    let text = wrap("        - source: a.corp\n          destination: b.corp\n        - source: b.corp\n          destination: c.pub\n");
+    let text = wrap(
+        "        - source: a.corp\n          destination: b.corp\n        - source: b.corp\n          destination: c.pub\n",
+    );
     assert!(parse_str(&text).config.is_some());
 }
 
 #[test]
 fn duplicate_source_points_at_both() {
-    let text = wrap("        - source: A.corp.\n          destination: b.pub\n        - source: a.corp\n          destination: c.pub\n");
+    let text = wrap(
+        "        - source: A.corp.\n          destination: b.pub\n        - source: a.corp\n          destination: c.pub\n",
+    );
     let p = parse_str(&text);
-    let d = p.diagnostics.iter().find(|d| d.rule == "duplicate-source").unwrap();
+    let d = p
+        .diagnostics
+        .iter()
+        .find(|d| d.rule == "duplicate-source")
+        .unwrap();
     assert_eq!(d.pos.line, 8);
     assert_eq!(d.related[0].0.line, 6);
 }
@@ -82,21 +120,43 @@ fn proxy_tag_must_be_timestamp() {
 
 #[test]
 fn aws_warnings() {
-    let text = wrap("        - source: a.corp\n          destination: vpce-0a1b2c3d4e5f60718-abcd1234-us-east-1a.vpce-svc-0123456789abcdef0.us-east-1.vpce.amazonaws.com\n        - source: b.corp\n          destination: com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0\n");
+    let text = wrap(
+        "        - source: a.corp\n          destination: vpce-0a1b2c3d4e5f60718-abcd1234-us-east-1a.vpce-svc-0123456789abcdef0.us-east-1.vpce.amazonaws.com\n        - source: b.corp\n          destination: com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0\n",
+    );
     let p = parse_str(&text);
     assert!(p.config.is_some());
-    let z = p.diagnostics.iter().find(|d| d.rule == "aws-zonal-endpoint").unwrap();
-    assert!(z.hint.as_ref().unwrap().ends_with("vpce-0a1b2c3d4e5f60718-abcd1234.vpce-svc-0123456789abcdef0.us-east-1.vpce.amazonaws.com"));
+    let z = p
+        .diagnostics
+        .iter()
+        .find(|d| d.rule == "aws-zonal-endpoint")
+        .unwrap();
+    assert!(z.hint.as_ref().unwrap().ends_with(
+        "vpce-0a1b2c3d4e5f60718-abcd1234.vpce-svc-0123456789abcdef0.us-east-1.vpce.amazonaws.com"
+    ));
     assert!(p.diagnostics.iter().any(|d| d.rule == "aws-service-name"));
 }
 
 #[test]
 fn destinations_forms() {
-    let text = wrap("        - source: a.corp\n          destination: 192.0.2.1, 2001:db8::1\n        - source: \"*.w.corp\"\n          destination: \"*.w.pub\"\n        - source: c.corp\n          destination: [192.0.2.7]\n");
+    let text = wrap(
+        "        - source: a.corp\n          destination: 192.0.2.1, 2001:db8::1\n        - source: \"*.w.corp\"\n          destination: \"*.w.pub\"\n        - source: c.corp\n          destination: [192.0.2.7]\n",
+    );
     let c = parse_str(&text).config.unwrap();
-    assert_eq!(c.routes[0].destination, Destination::Ips(vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()]));
-    assert_eq!(c.routes[1].destination, Destination::Wildcard(Name::parse("w.pub").unwrap()));
-    assert_eq!(c.routes[2].destination, Destination::Ips(vec!["192.0.2.7".parse().unwrap()]));
+    assert_eq!(
+        c.routes[0].destination,
+        Destination::Ips(vec![
+            "192.0.2.1".parse().unwrap(),
+            "2001:db8::1".parse().unwrap()
+        ])
+    );
+    assert_eq!(
+        c.routes[1].destination,
+        Destination::Wildcard(Name::parse("w.pub").unwrap())
+    );
+    assert_eq!(
+        c.routes[2].destination,
+        Destination::Ips(vec!["192.0.2.7".parse().unwrap()])
+    );
 }
 
 #[test]
@@ -107,7 +167,10 @@ fn runtime_block() {
     assert_eq!(c.runtime.upstreams, vec!["10.0.0.2:53".parse().unwrap()]);
     assert_eq!(c.runtime.cname_ttl, 5);
     assert_eq!(c.runtime.upstream_timeout, Duration::from_millis(800));
-    assert_eq!(rules("dnsbridge:\n  upstream: 1.2.3.4\n"), vec![("unknown-key", 2, 3)]);
+    assert_eq!(
+        rules("dnsbridge:\n  upstream: 1.2.3.4\n"),
+        vec![("unknown-key", 2, 3)]
+    );
 }
 
 #[test]
