@@ -14,4 +14,5 @@ pub mod net;
 pub mod route;
 pub mod server;
 pub mod upstream;
+pub mod validate;
 pub mod wire;

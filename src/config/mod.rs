@@ -165,7 +165,6 @@ pub struct Config {
     pub warnings: Vec<Diagnostic>,
 }
 
-
 /// The outcome of reading one file: the config when there are no errors, and
 /// every finding either way.
 #[derive(Debug, Clone)]
@@ -519,7 +518,7 @@ impl<'t> Ctx<'t> {
 /// Characters to underline for the node at `pos`: a quoted scalar to its
 /// closing quote, a plain scalar to the end of the token (a key to its colon,
 /// a flow item to its comma or bracket).
-fn token_len(text: &str, pos: Pos) -> u32 {
+pub fn token_len(text: &str, pos: Pos) -> u32 {
     let Some(line) = text.lines().nth(pos.line.saturating_sub(1) as usize) else {
         return 1;
     };
@@ -846,11 +845,13 @@ fn read_block(cx: &mut Ctx<'_>, block: &Node, config: &mut Config) {
         }
     };
     let listen = config.runtime.listen.clone();
+    let mut sources = Vec::new();
     for (index, item) in items.iter().enumerate() {
-        if let Some(r) = read_route(cx, index, item, &listen) {
+        if let Some(r) = read_route(cx, index, item, &listen, &mut sources) {
             config.routes.push(r);
         }
     }
+    check_duplicates(cx, &sources);
     check_route_set(cx, &config.routes);
 }
 
@@ -1002,7 +1003,13 @@ fn name_error_hint(e: &NameError) -> Option<String> {
     })
 }
 
-fn read_route(cx: &mut Ctx<'_>, index: usize, item: &Node, listen: &[SocketAddr]) -> Option<Route> {
+fn read_route(
+    cx: &mut Ctx<'_>,
+    index: usize,
+    item: &Node,
+    listen: &[SocketAddr],
+    sources: &mut Vec<(Source, Pos, usize)>,
+) -> Option<Route> {
     let nr = index + 1;
     if !matches!(item.kind, Kind::Map(_)) {
         cx.error(
@@ -1026,6 +1033,10 @@ fn read_route(cx: &mut Ctx<'_>, index: usize, item: &Node, listen: &[SocketAddr]
         }
         Some(n) => parse_source(cx, nr, n),
     };
+    if let Some((src, pos)) = &source {
+        // Duplicates are found even when the rest of the route is broken.
+        sources.push((src.clone(), *pos, index));
+    }
     let destination = match item.get("destination") {
         None => {
             cx.error(
@@ -1519,22 +1530,21 @@ fn aws_checks(cx: &mut Ctx<'_>, n: &Node, name: &Name) {
     }
 }
 
-/// Rules that look at the routes together: duplicates, self routes, cycles.
-fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
-    let mut first: HashMap<&Source, &Route> = HashMap::new();
-    for r in routes {
-        if let Some(prev) = first.get(&r.source) {
-            let len = token_len(cx.text, r.source_pos);
-            let prev_pos = prev.source_pos;
-            let prev_nr = prev.index + 1;
+/// Two routes for one source (names compare lowercase, without the
+/// trailing dot), reported at the second with the first as related.
+fn check_duplicates(cx: &mut Ctx<'_>, sources: &[(Source, Pos, usize)]) {
+    let mut first: HashMap<&Source, (Pos, usize)> = HashMap::new();
+    for (src, pos, index) in sources {
+        if let Some(&(prev_pos, prev_index)) = first.get(src) {
+            let len = token_len(cx.text, *pos);
             cx.push_at(
                 Severity::Error,
                 "duplicate-source",
-                r.source_pos,
+                *pos,
                 len,
                 format!(
-                    "source `{}` is routed twice, here and in route {prev_nr}",
-                    r.source
+                    "source `{src}` is routed twice, here and in route {}",
+                    prev_index + 1
                 ),
                 Some(
                     "keep one route per source (names compare without case and trailing dot)"
@@ -1542,11 +1552,15 @@ fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
                 ),
             )
             .related
-            .push((prev_pos, format!("first route for `{}`", r.source)));
+            .push((prev_pos, format!("first route for `{src}`")));
         } else {
-            first.insert(&r.source, r);
+            first.insert(src, (*pos, *index));
         }
     }
+}
+
+/// Rules that look at the valid routes together: self routes, cycles.
+fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
     let mut self_routes = Vec::new();
     for r in routes {
         let same = match (&r.source, &r.destination) {
