@@ -705,6 +705,8 @@ pub fn parse_str(text: &str) -> Parsed {
         find_misspelled_runtime(&mut cx, &root);
     }
     let has_errors = cx.diags.iter().any(|d| d.severity == Severity::Error);
+    cx.diags
+        .retain(|d| d.severity == Severity::Error || !allowed_here(text, d));
     cx.diags.sort_by_key(|d| (d.pos, d.severity));
     if has_errors {
         return Parsed {
@@ -717,6 +719,29 @@ pub fn parse_str(text: &str) -> Parsed {
         config: Some(config),
         diagnostics: cx.diags,
     }
+}
+
+/// The marker of a comment that accepts a warning: `# dnsbridge-allow: RULE[, RULE]`.
+pub const ALLOW_MARKER: &str = "dnsbridge-allow:";
+
+/// True when a warning is accepted by a `# dnsbridge-allow: RULE` comment on
+/// its own line or on the line just above it. Errors cannot be accepted.
+fn allowed_here(text: &str, d: &Diagnostic) -> bool {
+    let line = d.pos.line as usize;
+    text.lines()
+        .skip(line.saturating_sub(2))
+        .take(if line >= 2 { 2 } else { 1 })
+        .any(|l| {
+            let Some(i) = l.find(ALLOW_MARKER) else {
+                return false;
+            };
+            if !l[..i].contains('#') {
+                return false;
+            }
+            l[i + ALLOW_MARKER.len()..]
+                .split([',', ' '])
+                .any(|r| r.trim() == d.rule)
+        })
 }
 
 /// Close enough to `target` to be a misspelling of it.
