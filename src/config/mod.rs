@@ -653,19 +653,38 @@ pub fn parse_str(text: &str) -> Parsed {
     let root = match yaml::parse(text) {
         Ok(r) => r,
         Err(e) => {
+            let mut pos = e.pos;
+            if e.message.contains("tab") {
+                // Point at the tab itself rather than just after it.
+                let line = text
+                    .lines()
+                    .nth(pos.line.saturating_sub(1) as usize)
+                    .unwrap_or("");
+                if let Some(i) = line.chars().position(|c| c == '\t') {
+                    pos.column = i as u32 + 1;
+                }
+            }
             let hint = if e.message.contains("tab") {
                 Some("indent with spaces: YAML does not allow tabs in indentation".to_string())
             } else {
                 Some("check the indentation and the quotes around this place".to_string())
             };
-            cx.push_at(
+            let unclosed = unclosed_flow(text, pos.line);
+            let hint = match unclosed {
+                Some((_, c)) => Some(format!("close the `{c}` opened earlier")),
+                None => hint,
+            };
+            let d = cx.push_at(
                 Severity::Error,
                 "yaml-syntax",
-                e.pos,
+                pos,
                 1,
                 format!("the file is not valid YAML: {}", e.message),
                 hint,
             );
+            if let Some((at, c)) = unclosed {
+                d.related.push((at, format!("this `{c}` is never closed")));
+            }
             return Parsed {
                 config: None,
                 diagnostics: cx.diags,
@@ -742,6 +761,43 @@ fn allowed_here(text: &str, d: &Diagnostic) -> bool {
                 .split([',', ' '])
                 .any(|r| r.trim() == d.rule)
         })
+}
+
+/// The last `[` or `{` still open at the start of line `upto`, outside
+/// quotes and comments: the usual cause of a syntax error a few lines later.
+fn unclosed_flow(text: &str, upto: u32) -> Option<(Pos, char)> {
+    let mut open: Vec<(Pos, char)> = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .take(upto.saturating_sub(1) as usize)
+    {
+        let mut quote = None;
+        for (j, c) in line.chars().enumerate() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '#')
+                    if j == 0 || line.chars().nth(j - 1).is_some_and(char::is_whitespace) =>
+                {
+                    break;
+                }
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '[' | '{') => open.push((
+                    Pos {
+                        line: i as u32 + 1,
+                        column: j as u32 + 1,
+                    },
+                    c,
+                )),
+                (None, ']' | '}') => {
+                    open.pop();
+                }
+                _ => {}
+            }
+        }
+    }
+    open.pop()
 }
 
 /// Close enough to `target` to be a misspelling of it.
@@ -972,12 +1028,20 @@ fn name_problem(what: &str, t: &str) -> Option<(String, Option<String>)> {
             )),
         ));
     }
-    if let (Some(a), Some(b)) = (t.find('<'), t.find('>'))
-        && a < b
-    {
+    let holders = placeholders(t);
+    if !holders.is_empty() {
+        let list = holders
+            .iter()
+            .map(|h| format!("`{h}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (one, many) = ("the placeholder", "the placeholders");
         return Some((
-            format!("{what} `{t}` still holds the placeholder `{}`", &t[a..=b]),
-            Some("replace the placeholder with the real value".into()),
+            format!(
+                "{what} `{t}` still holds {} {list}",
+                if holders.len() == 1 { one } else { many }
+            ),
+            Some("replace each `<...>` with the real value (for AWS, the endpoint's DNS name is in the VPC console)".into()),
         ));
     }
     let rest = t.strip_prefix("*.").unwrap_or(t);
@@ -998,6 +1062,18 @@ fn name_problem(what: &str, t: &str) -> Option<(String, Option<String>)> {
             }
         }
     }
+}
+
+/// The `<...>` placeholders of a template pasted as is.
+fn placeholders(t: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = t;
+    while let Some(a) = rest.find('<') {
+        let Some(b) = rest[a..].find('>') else { break };
+        out.push(&rest[a..=a + b]);
+        rest = &rest[a + b + 1..];
+    }
+    out
 }
 
 /// `host` when `t` is `host:PORT` with a valid-looking host.

@@ -167,12 +167,9 @@ pub fn human(src: &Source<'_>, d: &Diagnostic, style: Style) -> String {
         }
         let line = src.line(n);
         let offset = display_offset(line, m.pos.column);
-        let avail = display_line(line)
-            .chars()
-            .count()
-            .saturating_sub(offset)
-            .max(1);
-        let len = (m.len as usize).clamp(1, avail);
+        // The display width of the underlined characters (a tab is four),
+        // at least one column even past the end of the line.
+        let len = (display_offset(line, m.pos.column + m.len) - offset).max(1);
         let (ch, code) = if m.primary {
             ('^', style.severity(d.severity))
         } else {
