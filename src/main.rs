@@ -1,3 +1,187 @@
-fn main() {
-    println!("dnsbridge skeleton");
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use dnsbridge::config;
+use dnsbridge::net::{self, Cidr};
+use dnsbridge::serve::{self, Overrides, Running, ServeError};
+
+/// Exit codes shared by every subcommand.
+mod exit {
+    /// The config (or a flag) is invalid.
+    pub const CONFIG: u8 = 2;
+    /// A listener could not be bound, or the runtime failed.
+    pub const RUNTIME: u8 = 3;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "dnsbridge",
+    version,
+    about = "DNS proxy and toolkit that lets executor microVMs reach private registries under their private names",
+    long_about = "dnsbridge answers a route's source name (registry.corp.example) by resolving its destination \
+(a load balancer, an AWS VPC endpoint, a PSC address) and forwards every other query upstream.\n\n\
+The routes come from an instance's config.yaml, block spec.infrastructure.executorPrivateDNS, unchanged.",
+    after_help = "Exit codes: 0 success, 2 invalid config or flags, 3 runtime failure (bind, upstream setup).\n\
+Try: dnsbridge serve --config examples/ip-destination.yaml, then dig @127.0.0.1 -p 5353 registry.corp.example"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the DNS proxy.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Instance config.yaml (routes under spec.infrastructure.executorPrivateDNS, runtime
+    /// settings under dnsbridge:). Without it: no routes, listening on 127.0.0.1:5353.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on, UDP and TCP (repeat for several). Port 0 picks a free port.
+    /// Production: the microVM bridge address (10.61.0.1:53) and a loopback one.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<SocketAddr>,
+    /// Upstream resolver (repeat for several, tried in order). Default: the nameservers of
+    /// /etc/resolv.conf, minus this proxy's own addresses.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_upstream)]
+    upstream: Vec<SocketAddr>,
+    /// Clients allowed to query (repeat). Others get REFUSED. Default: loopback and 10.61.0.0/16.
+    #[arg(long, value_name = "CIDR")]
+    allow: Vec<Cidr>,
+    /// TTL in seconds of the synthesized CNAME (and of IP destination answers).
+    #[arg(long, value_name = "SECS")]
+    cname_ttl: Option<u32>,
+    /// Answer routed names with the destination's final records renamed to the source,
+    /// without the CNAME chain.
+    #[arg(long)]
+    flatten: bool,
+    /// Time to wait for one upstream before trying the next (such as 800ms, 2s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_dur)]
+    upstream_timeout: Option<std::time::Duration>,
+    /// Cache size in bytes (answers are kept whole; default 64 MiB).
+    #[arg(long, value_name = "BYTES")]
+    cache_size: Option<u64>,
+    /// Queries per second allowed per client (loopback exempt); 0 turns limiting off.
+    #[arg(long, value_name = "QPS")]
+    rate_limit: Option<u32>,
+    /// Serve Prometheus metrics, /healthz, /readyz and /routes on this address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
+    /// After binding, run as this user (keeps only CAP_NET_ADMIN, and only when an egress set
+    /// is configured).
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// Log every query: client, name, type, how it was answered.
+    #[arg(long)]
+    query_log: bool,
+    /// Log format.
+    #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
+}
+
+fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    net::parse_socket(s, 53).map_err(|e| e.to_string())
+}
+
+fn parse_dur(s: &str) -> Result<std::time::Duration, String> {
+    config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration such as 800ms or 2s"))
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DNSBRIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging(&args.log_format);
+            match serve(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::from(if e.is_config() { exit::CONFIG } else { exit::RUNTIME })
+                }
+            }
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let o = Overrides {
+        config: args.config,
+        listen: args.listen,
+        upstreams: args.upstream,
+        allow: args.allow,
+        cname_ttl: args.cname_ttl,
+        flatten: args.flatten,
+        upstream_timeout: args.upstream_timeout,
+        cache_bytes: args.cache_size,
+        rate_limit: args.rate_limit,
+        metrics: args.metrics,
+        user: args.user,
+        query_log: args.query_log,
+    };
+    // Fail on a bad config before starting any thread.
+    if let Err(e) = serve::effective_config(&o) {
+        if let ServeError::Invalid { path, diagnostics, .. } = &e {
+            for d in diagnostics {
+                let hint = d.hint.as_ref().map(|h| format!(" (help: {h})")).unwrap_or_default();
+                tracing::error!("{path}:{}: {} [{}]{hint}", d.pos, d.message, d.rule);
+            }
+        }
+        return Err(e);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Io)?;
+    runtime.block_on(async move {
+        let running = Running::start(o).await?;
+        running.watch_config();
+        wait_for_signals(&running).await;
+        tracing::info!("SIGTERM: draining in-flight queries");
+        running.drain(Duration::from_secs(5)).await;
+        Ok::<(), ServeError>(())
+    })?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// Reloads on SIGHUP; returns on SIGTERM or Ctrl-C.
+async fn wait_for_signals(running: &Running) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = running.reload();
+            }
+        }
+    }
 }

@@ -35,11 +35,19 @@ impl Cidr {
         let ip = canonical(ip);
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix as u32) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix as u32)
+                };
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix as u32) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix as u32)
+                };
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -129,7 +137,10 @@ mod tests {
     #[test]
     fn socket_forms() {
         assert_eq!(parse_socket("10.0.0.2", 53).unwrap(), "10.0.0.2:53".parse().unwrap());
-        assert_eq!(parse_socket("10.0.0.2:5300", 53).unwrap(), "10.0.0.2:5300".parse().unwrap());
+        assert_eq!(
+            parse_socket("10.0.0.2:5300", 53).unwrap(),
+            "10.0.0.2:5300".parse().unwrap()
+        );
         assert_eq!(parse_socket("[::1]:54", 53).unwrap(), "[::1]:54".parse().unwrap());
         assert_eq!(parse_socket("fd00::2", 53).unwrap(), "[fd00::2]:53".parse().unwrap());
         assert!(parse_socket("resolver.corp", 53).is_err());

@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn precedence_is_independent_of_order() {
-        let rs = vec![
+        let rs = [
             route(0, "*.corp.example", "wild.pub"),
             route(1, "*.eu.corp.example", "eu.pub"),
             route(2, "registry.eu.corp.example", "exact.pub"),

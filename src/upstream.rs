@@ -1,1 +1,435 @@
-//! TODO
+//! Sending queries to the upstream resolvers.
+//!
+//! UDP queries leave from a small pool of sockets on kernel-chosen (random)
+//! ports, each with a random ID; a reader task per socket hands each answer to
+//! the query that waits for it only when ID, source address and question all
+//! match, so a forged answer is dropped rather than believed. A truncated
+//! answer is asked again over TCP. Failover goes through the upstreams in
+//! order, trying the next on timeout, SERVFAIL or REFUSED.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+
+use crate::wire::{self, Header, Query, rcode};
+
+/// UDP sockets per address family.
+const POOL: usize = 8;
+/// Largest answer accepted over UDP.
+const MAX_UDP: usize = 65535;
+
+#[derive(Debug, Error)]
+pub enum UpstreamError {
+    #[error("no upstream resolver is configured")]
+    NoUpstreams,
+    #[error("the query to send is malformed")]
+    BadQuery,
+    #[error("{0}: timed out")]
+    Timeout(SocketAddr),
+    #[error("{0}: {1}")]
+    Io(SocketAddr, io::Error),
+    #[error("{0}: answer does not match the question")]
+    Mismatch(SocketAddr),
+    #[error("every upstream failed; last: {0}")]
+    AllFailed(Box<UpstreamError>),
+}
+
+struct Pending {
+    server: SocketAddr,
+    qname_lower: Vec<u8>,
+    qtype: u16,
+    qclass: u16,
+    tx: oneshot::Sender<Vec<u8>>,
+}
+
+type PendingMap = Arc<Mutex<HashMap<(usize, u16), Pending>>>;
+
+struct Family {
+    sockets: Vec<Arc<UdpSocket>>,
+}
+
+/// Counters for telemetry.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    pub queries: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub spoofed: AtomicU64,
+    pub tcp_retries: AtomicU64,
+}
+
+/// Health of one upstream, learned from real traffic.
+#[derive(Debug)]
+pub struct Health {
+    pub addr: SocketAddr,
+    /// Consecutive failed attempts.
+    fails: AtomicU32,
+    down: AtomicBool,
+}
+
+impl Health {
+    fn new(addr: SocketAddr) -> Health {
+        Health {
+            addr,
+            fails: AtomicU32::new(0),
+            down: AtomicBool::new(false),
+        }
+    }
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+    fn success(&self) {
+        self.fails.store(0, Ordering::Relaxed);
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!(upstream = %self.addr, "upstream is answering again");
+        }
+    }
+    fn failure(&self) {
+        let n = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= DOWN_AFTER && !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(upstream = %self.addr, "upstream marked down after {n} failed attempts; trying it last and probing it in the background");
+        }
+    }
+}
+
+/// Consecutive failures after which an upstream is tried last.
+const DOWN_AFTER: u32 = 3;
+
+pub struct Upstreams {
+    servers: ArcSwap<Vec<Arc<Health>>>,
+    timeout: Duration,
+    v4: Family,
+    v6: Option<Family>,
+    pending: PendingMap,
+    next: AtomicUsize,
+    pub stats: Arc<UpstreamStats>,
+    local_ports: Vec<u16>,
+}
+
+impl Upstreams {
+    /// Binds the socket pool and starts the reader tasks. Must run inside a
+    /// tokio runtime.
+    pub async fn new(servers: Vec<SocketAddr>, per_try: Duration) -> io::Result<Upstreams> {
+        let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
+        let stats = Arc::new(UpstreamStats::default());
+        let mut local_ports = Vec::new();
+        let v4 = Family::bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, &pending, &stats, &mut local_ports).await?;
+        // IPv6 may be disabled on the host; only needed for v6 upstreams.
+        let v6 = Family::bind(
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            POOL,
+            &pending,
+            &stats,
+            &mut local_ports,
+        )
+        .await
+        .ok();
+        Ok(Upstreams {
+            servers: ArcSwap::from_pointee(servers.into_iter().map(|a| Arc::new(Health::new(a))).collect()),
+            timeout: per_try,
+            v4,
+            v6,
+            pending,
+            next: AtomicUsize::new(0),
+            stats,
+            local_ports,
+        })
+    }
+
+    pub fn servers(&self) -> Vec<SocketAddr> {
+        self.servers.load().iter().map(|h| h.addr).collect()
+    }
+
+    /// The health of each upstream, in configured order.
+    pub fn health(&self) -> Arc<Vec<Arc<Health>>> {
+        self.servers.load_full()
+    }
+
+    /// Replaces the upstream list (on reload). Known upstreams keep their health.
+    pub fn set_servers(&self, servers: &[SocketAddr]) {
+        let old = self.servers.load();
+        let new: Vec<Arc<Health>> = servers
+            .iter()
+            .map(|a| {
+                old.iter()
+                    .find(|h| h.addr == *a)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Health::new(*a)))
+            })
+            .collect();
+        self.servers.store(Arc::new(new));
+    }
+
+    /// True when `peer` is one of this proxy's own upstream sockets: a query
+    /// from there means an upstream forwards back to us (a loop).
+    pub fn is_own_socket(&self, peer: SocketAddr) -> bool {
+        let ip = crate::net::canonical(peer.ip());
+        (ip.is_loopback() || ip.is_unspecified()) && self.local_ports.contains(&peer.port())
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// True when every upstream is marked down (or none is configured).
+    pub fn all_down(&self) -> bool {
+        self.servers.load().iter().all(|h| h.is_down())
+    }
+
+    /// Sends one probe to each upstream marked down; one that answers is
+    /// marked up again. Called periodically by the server.
+    pub async fn probe_down(&self) {
+        let probe = crate::wire::MessageBuilder::query(
+            0,
+            crate::wire::flags::RD,
+            &crate::name::Name::root(),
+            crate::wire::rtype::NS,
+        )
+        .finish();
+        let servers = self.servers.load_full();
+        for h in servers.iter().filter(|h| h.is_down()) {
+            if self.query_one(&probe, h.addr).await.is_ok() {
+                h.success();
+            }
+        }
+    }
+
+    /// Sends `msg` to `servers` (or the configured upstreams), in order, and
+    /// returns the first usable answer. SERVFAIL and REFUSED answers move on to
+    /// the next server but are returned if nothing better comes.
+    pub async fn query(&self, msg: &[u8], servers: Option<&[SocketAddr]>) -> Result<Vec<u8>, UpstreamError> {
+        let configured = self.servers.load();
+        let order: Vec<(SocketAddr, Option<&Arc<Health>>)> = match servers {
+            Some(list) => list.iter().map(|a| (*a, None)).collect(),
+            // Healthy upstreams first, in configured order; down ones last.
+            None => configured
+                .iter()
+                .filter(|h| !h.is_down())
+                .chain(configured.iter().filter(|h| h.is_down()))
+                .map(|h| (h.addr, Some(h)))
+                .collect(),
+        };
+        if order.is_empty() {
+            return Err(UpstreamError::NoUpstreams);
+        }
+        let mut last_err = None;
+        let mut fallback = None;
+        for (server, health) in order {
+            let result = self.query_one(msg, server).await;
+            if let Some(h) = health {
+                match &result {
+                    Ok(_) => h.success(),
+                    Err(_) => h.failure(),
+                }
+            }
+            match result {
+                Ok(resp) => {
+                    let rc = Header(&resp).rcode();
+                    if rc == rcode::SERVFAIL || rc == rcode::REFUSED {
+                        fallback.get_or_insert(resp);
+                        continue;
+                    }
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "upstream attempt failed");
+                    last_err = Some(e);
+                }
+            }
+        }
+        match (fallback, last_err) {
+            (Some(resp), _) => Ok(resp),
+            (None, Some(e)) => Err(UpstreamError::AllFailed(Box::new(e))),
+            (None, None) => Err(UpstreamError::NoUpstreams),
+        }
+    }
+
+    /// One server: UDP, then TCP if the answer is truncated.
+    pub async fn query_one(&self, msg: &[u8], server: SocketAddr) -> Result<Vec<u8>, UpstreamError> {
+        let q = Query::parse(msg).map_err(|_| UpstreamError::BadQuery)?;
+        let (qname, qtype, qclass) = (q.qname_lower().to_vec(), q.qtype, q.qclass);
+        self.stats.queries.fetch_add(1, Ordering::Relaxed);
+        let resp = self.udp(msg, server, &qname, qtype, qclass).await?;
+        if !Header(&resp).tc() {
+            return Ok(resp);
+        }
+        self.stats.tcp_retries.fetch_add(1, Ordering::Relaxed);
+        let resp = timeout(self.timeout * 2, tcp_query(msg, server))
+            .await
+            .map_err(|_| UpstreamError::Timeout(server))?
+            .map_err(|e| UpstreamError::Io(server, e))?;
+        if !wire::response_matches(&resp, &qname, qtype, qclass) {
+            return Err(UpstreamError::Mismatch(server));
+        }
+        Ok(resp)
+    }
+
+    async fn udp(
+        &self,
+        msg: &[u8],
+        server: SocketAddr,
+        qname: &[u8],
+        qtype: u16,
+        qclass: u16,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let (fam, base) = match server {
+            SocketAddr::V4(_) => (&self.v4, 0),
+            SocketAddr::V6(_) => match &self.v6 {
+                Some(f) => (f, POOL),
+                None => {
+                    return Err(UpstreamError::Io(server, io::Error::other("IPv6 is not available")));
+                }
+            },
+        };
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % fam.sockets.len();
+        let sock = &fam.sockets[i];
+        let key_sock = base + i;
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut id: u16 = rand::random();
+            let mut tries = 0;
+            while p.contains_key(&(key_sock, id)) && tries < 64 {
+                id = rand::random();
+                tries += 1;
+            }
+            p.insert(
+                (key_sock, id),
+                Pending {
+                    server,
+                    qname_lower: qname.to_vec(),
+                    qtype,
+                    qclass,
+                    tx,
+                },
+            );
+            id
+        };
+        let mut out = msg.to_vec();
+        wire::set_id(&mut out, id);
+        if let Err(e) = sock.send_to(&out, server).await {
+            self.remove(key_sock, id);
+            return Err(UpstreamError::Io(server, e));
+        }
+        match timeout(self.timeout, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            _ => {
+                self.remove(key_sock, id);
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(UpstreamError::Timeout(server))
+            }
+        }
+    }
+
+    fn remove(&self, sock: usize, id: u16) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(sock, id));
+    }
+}
+
+impl Family {
+    async fn bind(
+        ip: IpAddr,
+        base: usize,
+        pending: &PendingMap,
+        stats: &Arc<UpstreamStats>,
+        ports: &mut Vec<u16>,
+    ) -> io::Result<Family> {
+        let mut sockets = Vec::with_capacity(POOL);
+        for i in 0..POOL {
+            let s = Arc::new(UdpSocket::bind(SocketAddr::new(ip, 0)).await?);
+            ports.push(s.local_addr()?.port());
+            tokio::spawn(read_answers(s.clone(), base + i, pending.clone(), stats.clone()));
+            sockets.push(s);
+        }
+        Ok(Family { sockets })
+    }
+}
+
+async fn read_answers(sock: Arc<UdpSocket>, index: usize, pending: PendingMap, stats: Arc<UpstreamStats>) {
+    let mut buf = vec![0u8; MAX_UDP];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP errors surface here on some systems; keep reading.
+                tracing::trace!(error = %e, "upstream socket receive error");
+                continue;
+            }
+        };
+        let resp = &buf[..n];
+        let Ok(h) = Header::new(resp) else { continue };
+        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (index, h.id());
+        let ok = p
+            .get(&key)
+            .is_some_and(|w| w.server == from && wire::response_matches(resp, &w.qname_lower, w.qtype, w.qclass));
+        if !ok {
+            drop(p);
+            stats.spoofed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%from, "dropped an upstream answer that matches no query");
+            continue;
+        }
+        if let Some(w) = p.remove(&key) {
+            let _ = w.tx.send(resp.to_vec());
+        }
+    }
+}
+
+/// One query over a fresh TCP connection (RFC 7766 framing).
+pub async fn tcp_query(msg: &[u8], server: SocketAddr) -> io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(server).await?;
+    s.set_nodelay(true)?;
+    let mut framed = Vec::with_capacity(msg.len() + 2);
+    framed.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    framed.extend_from_slice(msg);
+    s.write_all(&framed).await?;
+    let len = s.read_u16().await? as usize;
+    let mut resp = vec![0u8; len];
+    s.read_exact(&mut resp).await?;
+    if resp.len() < 2 || resp[0..2] != msg[0..2] {
+        return Err(io::Error::other("TCP answer with another ID"));
+    }
+    Ok(resp)
+}
+
+/// The nameservers of a resolv.conf text, in order.
+pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == "nameserver").then(|| w.next())?
+        })
+        .filter_map(|a| {
+            // Strip an IPv6 zone ("fe80::1%eth0"): not routable from here.
+            let a = a.split('%').next()?;
+            a.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf() {
+        let t = "# comment\nnameserver 10.0.0.2\nsearch corp\nnameserver ::1\nnameserver bogus\noptions ndots:2\n";
+        assert_eq!(
+            parse_resolv_conf(t),
+            vec!["10.0.0.2:53".parse().unwrap(), "[::1]:53".parse().unwrap()]
+        );
+    }
+}

@@ -228,11 +228,7 @@ pub struct RuleInfo {
 }
 
 const fn rule(id: &'static str, severity: Severity, summary: &'static str) -> RuleInfo {
-    RuleInfo {
-        id,
-        severity,
-        summary,
-    }
+    RuleInfo { id, severity, summary }
 }
 
 /// Every rule, in the order `--list-rules` prints them.
@@ -293,11 +289,7 @@ pub const RULES: &[RuleInfo] = &[
         Severity::Error,
         "a `resolverIP` on a route whose destination is already an IP address",
     ),
-    rule(
-        "duplicate-source",
-        Severity::Error,
-        "two routes for the same source",
-    ),
+    rule("duplicate-source", Severity::Error, "two routes for the same source"),
     rule(
         "self-route",
         Severity::Error,
@@ -387,10 +379,7 @@ struct Ctx<'t> {
 
 impl<'t> Ctx<'t> {
     fn line(&self, line: u32) -> &'t str {
-        self.text
-            .lines()
-            .nth(line.saturating_sub(1) as usize)
-            .unwrap_or("")
+        self.text.lines().nth(line.saturating_sub(1) as usize).unwrap_or("")
     }
 
     fn push_at(
@@ -415,24 +404,12 @@ impl<'t> Ctx<'t> {
         self.diags.last_mut().expect("just pushed")
     }
 
-    fn error(
-        &mut self,
-        rule: &'static str,
-        node: &Node,
-        message: String,
-        hint: Option<String>,
-    ) -> &mut Diagnostic {
+    fn error(&mut self, rule: &'static str, node: &Node, message: String, hint: Option<String>) -> &mut Diagnostic {
         let len = token_len(self.text, node.pos);
         self.push_at(Severity::Error, rule, node.pos, len, message, hint)
     }
 
-    fn warn(
-        &mut self,
-        rule: &'static str,
-        node: &Node,
-        message: String,
-        hint: Option<String>,
-    ) -> &mut Diagnostic {
+    fn warn(&mut self, rule: &'static str, node: &Node, message: String, hint: Option<String>) -> &mut Diagnostic {
         let len = token_len(self.text, node.pos);
         self.push_at(Severity::Warning, rule, node.pos, len, message, hint)
     }
@@ -466,19 +443,10 @@ impl<'t> Ctx<'t> {
                     Some(n) => format!("did you mean `{n}`?"),
                     None => format!(
                         "the keys allowed here are {}",
-                        allowed
-                            .iter()
-                            .map(|k| format!("`{k}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        allowed.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
                     ),
                 };
-                self.error(
-                    "unknown-key",
-                    k,
-                    format!("unknown key `{key}` in {what}"),
-                    Some(hint),
-                );
+                self.error("unknown-key", k, format!("unknown key `{key}` in {what}"), Some(hint));
             }
         }
     }
@@ -522,14 +490,8 @@ pub fn token_len(text: &str, pos: Pos) -> u32 {
     let Some(line) = text.lines().nth(pos.line.saturating_sub(1) as usize) else {
         return 1;
     };
-    let before: String = line
-        .chars()
-        .take(pos.column.saturating_sub(1) as usize)
-        .collect();
-    let rest: String = line
-        .chars()
-        .skip(pos.column.saturating_sub(1) as usize)
-        .collect();
+    let before: String = line.chars().take(pos.column.saturating_sub(1) as usize).collect();
+    let rest: String = line.chars().skip(pos.column.saturating_sub(1) as usize).collect();
     let in_flow = flow_depth(&before) > 0;
     let mut chars = rest.chars();
     let n = match chars.next() {
@@ -656,10 +618,7 @@ pub fn parse_str(text: &str) -> Parsed {
             let mut pos = e.pos;
             if e.message.contains("tab") {
                 // Point at the tab itself rather than just after it.
-                let line = text
-                    .lines()
-                    .nth(pos.line.saturating_sub(1) as usize)
-                    .unwrap_or("");
+                let line = text.lines().nth(pos.line.saturating_sub(1) as usize).unwrap_or("");
                 if let Some(i) = line.chars().position(|c| c == '\t') {
                     pos.column = i as u32 + 1;
                 }
@@ -767,19 +726,13 @@ fn allowed_here(text: &str, d: &Diagnostic) -> bool {
 /// quotes and comments: the usual cause of a syntax error a few lines later.
 fn unclosed_flow(text: &str, upto: u32) -> Option<(Pos, char)> {
     let mut open: Vec<(Pos, char)> = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .take(upto.saturating_sub(1) as usize)
-    {
+    for (i, line) in text.lines().enumerate().take(upto.saturating_sub(1) as usize) {
         let mut quote = None;
         for (j, c) in line.chars().enumerate() {
             match (quote, c) {
                 (Some(q), c) if c == q => quote = None,
                 (Some(_), _) => {}
-                (None, '#')
-                    if j == 0 || line.chars().nth(j - 1).is_some_and(char::is_whitespace) =>
-                {
+                (None, '#') if j == 0 || line.chars().nth(j - 1).is_some_and(char::is_whitespace) => {
                     break;
                 }
                 (None, '"' | '\'') => quote = Some(c),
@@ -819,12 +772,7 @@ fn find_misplaced_block(cx: &mut Ctx<'_>, node: &Node, path: &mut Vec<String>) {
     for (k, v) in entries {
         let Some(key) = k.as_key() else { continue };
         if looks_like_key(&key, BLOCK_PATH[2]) {
-            if key == BLOCK_PATH[2]
-                && path
-                    .iter()
-                    .map(String::as_str)
-                    .eq(BLOCK_PATH[..2].iter().copied())
-            {
+            if key == BLOCK_PATH[2] && path.iter().map(String::as_str).eq(BLOCK_PATH[..2].iter().copied()) {
                 continue; // the right place, hidden by a repeated key reported as duplicate-key
             }
             let at = if path.is_empty() {
@@ -833,10 +781,7 @@ fn find_misplaced_block(cx: &mut Ctx<'_>, node: &Node, path: &mut Vec<String>) {
                 format!("`{}`", path.join("."))
             };
             if key == BLOCK_PATH[2] {
-                let wrong = path
-                    .iter()
-                    .zip(BLOCK_PATH)
-                    .find(|(p, want)| p.as_str() != *want);
+                let wrong = path.iter().zip(BLOCK_PATH).find(|(p, want)| p.as_str() != *want);
                 let hint = match wrong {
                     Some((p, want)) if looks_like_key(p, want) => {
                         format!("`{p}` should be spelled `{want}`")
@@ -876,9 +821,7 @@ fn find_misspelled_runtime(cx: &mut Ctx<'_>, root: &Node) {
             cx.warn(
                 "block-not-read",
                 k,
-                format!(
-                    "`{key}` is not read: the runtime settings block must be spelled `dnsbridge`"
-                ),
+                format!("`{key}` is not read: the runtime settings block must be spelled `dnsbridge`"),
                 Some("rename it to `dnsbridge`".into()),
             );
         }
@@ -916,10 +859,7 @@ fn read_block(cx: &mut Ctx<'_>, block: &Node, config: &mut Config) {
             cx.error(
                 "type",
                 routes,
-                format!(
-                    "`routes` must be a list of routes, not {}",
-                    routes.type_name()
-                ),
+                format!("`routes` must be a list of routes, not {}", routes.type_name()),
                 Some("start each route with `- source: ...` on its own line".into()),
             );
             return;
@@ -947,20 +887,7 @@ fn check_proxy_tag(cx: &mut Ctx<'_>, tag: &Node) -> Option<u64> {
         let f = |a: usize, b: usize| text[a..b].parse::<u32>().unwrap_or(99);
         let (y, mo, d, h, mi) = (f(0, 4), f(4, 6), f(6, 8), f(8, 10), f(10, 12));
         let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-        let days = [
-            31,
-            if leap { 29 } else { 28 },
-            31,
-            30,
-            31,
-            30,
-            31,
-            31,
-            30,
-            31,
-            30,
-            31,
-        ];
+        let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
         (2000..=2099).contains(&y)
             && (1..=12).contains(&mo)
             && d >= 1
@@ -999,9 +926,7 @@ fn scalar_str(node: &Node) -> Option<String> {
 /// and colons.
 fn looks_like_ip(s: &str) -> bool {
     let v4ish = s.contains('.') && s.chars().all(|c| c.is_ascii_digit() || c == '.');
-    let v6ish = s.matches(':').count() >= 2
-        && s.chars()
-            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+    let v6ish = s.matches(':').count() >= 2 && s.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
     v4ish || v6ish
 }
 
@@ -1030,26 +955,22 @@ fn name_problem(what: &str, t: &str) -> Option<(String, Option<String>)> {
     }
     let holders = placeholders(t);
     if !holders.is_empty() {
-        let list = holders
-            .iter()
-            .map(|h| format!("`{h}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = holders.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>().join(", ");
         let (one, many) = ("the placeholder", "the placeholders");
         return Some((
             format!(
                 "{what} `{t}` still holds {} {list}",
                 if holders.len() == 1 { one } else { many }
             ),
-            Some("replace each `<...>` with the real value (for AWS, the endpoint's DNS name is in the VPC console)".into()),
+            Some(
+                "replace each `<...>` with the real value (for AWS, the endpoint's DNS name is in the VPC console)"
+                    .into(),
+            ),
         ));
     }
     let rest = t.strip_prefix("*.").unwrap_or(t);
     match Name::parse(rest) {
-        Err(e) => Some((
-            format!("{what} `{t}` is not a valid name: {e}"),
-            name_error_hint(&e),
-        )),
+        Err(e) => Some((format!("{what} `{t}` is not a valid name: {e}"), name_error_hint(&e))),
         Ok(n) => {
             let last = n.to_string().rsplit('.').next().unwrap_or("").to_string();
             if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
@@ -1080,22 +1001,15 @@ fn placeholders(t: &str) -> Vec<&str> {
 fn strip_port(t: &str) -> Option<&str> {
     let (host, port) = t.rsplit_once(':')?;
     let port_ok = !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
-    let host_ok =
-        !host.contains(':') && (Name::parse(host).is_ok() || host.parse::<IpAddr>().is_ok());
+    let host_ok = !host.contains(':') && (Name::parse(host).is_ok() || host.parse::<IpAddr>().is_ok());
     (port_ok && host_ok).then_some(host)
 }
 
 fn name_error_hint(e: &NameError) -> Option<String> {
     Some(match e {
-        NameError::BadChar { ch, .. } if ch.is_whitespace() => {
-            "a name has no spaces; give one name per route".into()
-        }
-        NameError::BadChar { .. } => {
-            "a host name holds only letters, digits, '-' and '_', separated by dots".into()
-        }
-        NameError::MisplacedStar => {
-            "write a wildcard as `*.suffix`: the star is the whole first label".into()
-        }
+        NameError::BadChar { ch, .. } if ch.is_whitespace() => "a name has no spaces; give one name per route".into(),
+        NameError::BadChar { .. } => "a host name holds only letters, digits, '-' and '_', separated by dots".into(),
+        NameError::MisplacedStar => "write a wildcard as `*.suffix`: the star is the whole first label".into(),
         NameError::EmptyLabel(_) => "remove the extra dot".into(),
         NameError::LabelTooLong(_) => "each part between dots is at most 63 characters".into(),
         NameError::TooLong => "a name is at most 253 characters".into(),
@@ -1116,7 +1030,10 @@ fn read_route(
         cx.error(
             "type",
             item,
-            format!("route {nr} must be a mapping with `source` and `destination`, not {}", item.type_name()),
+            format!(
+                "route {nr} must be a mapping with `source` and `destination`, not {}",
+                item.type_name()
+            ),
             Some("write the route as `- source: <private name>` with `destination: <name or IP>` below it".into()),
         );
         return None;
@@ -1150,9 +1067,7 @@ fn read_route(
         }
         Some(n) => parse_destination(cx, nr, n),
     };
-    let resolver = item
-        .get("resolverIP")
-        .and_then(|n| parse_resolver(cx, n, listen));
+    let resolver = item.get("resolverIP").and_then(|n| parse_resolver(cx, n, listen));
     let flatten = item.get("flatten").and_then(|n| match n.kind {
         Kind::Bool(b) => Some(b),
         _ => {
@@ -1160,7 +1075,10 @@ fn read_route(
                 "type",
                 n,
                 format!("`flatten` must be true or false, not {}", n.type_name()),
-                Some("`flatten: true` answers with the destination's addresses under the source name, without the CNAME".into()),
+                Some(
+                    "`flatten: true` answers with the destination's addresses under the source name, without the CNAME"
+                        .into(),
+                ),
             );
             None
         }
@@ -1211,11 +1129,7 @@ fn read_route(
     })
 }
 
-fn parse_resolver<'n>(
-    cx: &mut Ctx<'_>,
-    n: &'n Node,
-    listen: &[SocketAddr],
-) -> Option<(SocketAddr, &'n Node)> {
+fn parse_resolver<'n>(cx: &mut Ctx<'_>, n: &'n Node, listen: &[SocketAddr]) -> Option<(SocketAddr, &'n Node)> {
     let Some(s) = scalar_str(n) else {
         cx.error(
             "resolver-ip",
@@ -1232,7 +1146,9 @@ fn parse_resolver<'n>(
                 cx.error(
                     "forwarding-loop",
                     n,
-                    format!("resolverIP {sa} is the proxy's own listen address, so its lookups would loop back into it"),
+                    format!(
+                        "resolverIP {sa} is the proxy's own listen address, so its lookups would loop back into it"
+                    ),
                     Some("give the resolver that knows the destination, such as the VPC resolver 10.0.0.2".into()),
                 );
                 return None;
@@ -1262,10 +1178,7 @@ fn parse_resolver<'n>(
                 "resolver-ip",
                 n,
                 format!("resolverIP `{s}` is not an IP address"),
-                Some(
-                    "give the resolver's address, such as 10.0.0.2, 10.0.0.2:53 or [fd00::2]:53"
-                        .into(),
-                ),
+                Some("give the resolver's address, such as 10.0.0.2, 10.0.0.2:53 or [fd00::2]:53".into()),
             );
             None
         }
@@ -1280,8 +1193,7 @@ pub fn points_at_listener(target: SocketAddr, listen: &[SocketAddr]) -> bool {
     listen.iter().any(|l| {
         l.port() != 0
             && l.port() == target.port()
-            && (net::canonical(l.ip()) == t
-                || (l.ip().is_unspecified() && (t.is_loopback() || t.is_unspecified())))
+            && (net::canonical(l.ip()) == t || (l.ip().is_unspecified() && (t.is_loopback() || t.is_unspecified())))
     })
 }
 
@@ -1314,12 +1226,8 @@ fn parse_source(cx: &mut Ctx<'_>, nr: usize, n: &Node) -> Option<(Source, Pos)> 
         cx.error(
             "source-is-ip",
             n,
-            format!(
-                "source `{t}` is an IP address, and a source is the private name clients look up"
-            ),
-            Some(
-                "write the registry's private name here; addresses can only be destinations".into(),
-            ),
+            format!("source `{t}` is an IP address, and a source is the private name clients look up"),
+            Some("write the registry's private name here; addresses can only be destinations".into()),
         );
         return None;
     }
@@ -1438,7 +1346,10 @@ fn parse_destination(cx: &mut Ctx<'_>, nr: usize, n: &Node) -> Option<(Destinati
                 "type",
                 n,
                 format!("`destination` must be a name or IP addresses, not {type_name}"),
-                Some("write a name (`registry.lb.example.com`) or addresses (`10.0.0.5` or `[10.0.0.5, 10.0.0.6]`)".into()),
+                Some(
+                    "write a name (`registry.lb.example.com`) or addresses (`10.0.0.5` or `[10.0.0.5, 10.0.0.6]`)"
+                        .into(),
+                ),
             );
             return None;
         }
@@ -1463,7 +1374,10 @@ fn parse_destination(cx: &mut Ctx<'_>, nr: usize, n: &Node) -> Option<(Destinati
                 "ip-malformed",
                 p.pos,
                 p.len,
-                format!("destination `{}` has a port, and a route maps names to addresses only", p.text),
+                format!(
+                    "destination `{}` has a port, and a route maps names to addresses only",
+                    p.text
+                ),
                 Some(format!(
                     "write `{}`; the registry port is opened on the executors with `dnsbridge firewall --ports {}`",
                     sa.ip(),
@@ -1509,14 +1423,7 @@ fn parse_destination(cx: &mut Ctx<'_>, nr: usize, n: &Node) -> Option<(Destinati
     }
     let p = &parts[0];
     if let Some((message, hint)) = name_problem("destination", &p.text) {
-        cx.push_at(
-            Severity::Error,
-            "name-malformed",
-            p.pos,
-            p.len,
-            message,
-            hint,
-        );
+        cx.push_at(Severity::Error, "name-malformed", p.pos, p.len, message, hint);
         return None;
     }
     let (wild, rest) = match p.text.strip_prefix("*.") {
@@ -1547,9 +1454,7 @@ fn ip_warnings(cx: &mut Ctx<'_>, ip: IpAddr, p: &Part) {
     } else if ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) {
         Some("a multicast or broadcast address, which a registry is never reached at")
     } else if MICROVM_SUBNET.contains(ip) {
-        Some(
-            "in the microVM subnet 10.61.0.0/16, where the firewall drops traffic between microVMs",
-        )
+        Some("in the microVM subnet 10.61.0.0/16, where the firewall drops traffic between microVMs")
     } else {
         None
     };
@@ -1560,7 +1465,10 @@ fn ip_warnings(cx: &mut Ctx<'_>, ip: IpAddr, p: &Part) {
             p.pos,
             p.len,
             format!("destination {ip} is {why}"),
-            Some("use the address the executor VM reaches the registry at: its load balancer, endpoint or VPN address".into()),
+            Some(
+                "use the address the executor VM reaches the registry at: its load balancer, endpoint or VPN address"
+                    .into(),
+            ),
         );
         return;
     }
@@ -1624,7 +1532,10 @@ fn aws_checks(cx: &mut Ctx<'_>, n: &Node, name: &Name) {
             cx.warn(
                 "aws-zonal-endpoint",
                 n,
-                format!("`{text}` is a zonal endpoint name, which reaches only the {} availability zone", &first[idx + 1..]),
+                format!(
+                    "`{text}` is a zonal endpoint name, which reaches only the {} availability zone",
+                    &first[idx + 1..]
+                ),
                 Some(format!("use the regional name, which routes to every zone: {regional}")),
             );
         }
@@ -1643,14 +1554,8 @@ fn check_duplicates(cx: &mut Ctx<'_>, sources: &[(Source, Pos, usize)]) {
                 "duplicate-source",
                 *pos,
                 len,
-                format!(
-                    "source `{src}` is routed twice, here and in route {}",
-                    prev_index + 1
-                ),
-                Some(
-                    "keep one route per source (names compare without case and trailing dot)"
-                        .into(),
-                ),
+                format!("source `{src}` is routed twice, here and in route {}", prev_index + 1),
+                Some("keep one route per source (names compare without case and trailing dot)".into()),
             )
             .related
             .push((prev_pos, format!("first route for `{src}`")));
@@ -1701,22 +1606,15 @@ fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
             format!("routes form a cycle: {}", path.join(" -> "))
         };
         let hint = if cycle.len() == 1 {
-            format!(
-                "give `{}` a destination outside the names it captures",
-                head.source
-            )
+            format!("give `{}` a destination outside the names it captures", head.source)
         } else {
-            "one of these destinations must lead out of the routes, to the name the registry is reachable at".to_string()
+            "one of these destinations must lead out of the routes, to the name the registry is reachable at"
+                .to_string()
         };
         let len = token_len(cx.text, head.destination_pos);
         let related = cycle[1..]
             .iter()
-            .map(|r| {
-                (
-                    r.destination_pos,
-                    format!("`{}` -> `{}`", r.source, r.destination),
-                )
-            })
+            .map(|r| (r.destination_pos, format!("`{}` -> `{}`", r.source, r.destination)))
             .collect();
         cx.push_at(
             Severity::Error,
@@ -1740,11 +1638,7 @@ fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
 /// also covers `*.a` -> `*.b.a`, where every step grows the name.
 fn find_cycles(routes: &[Route]) -> Vec<Vec<&Route>> {
     let table = RouteTable::new(routes.to_vec());
-    let slot: HashMap<usize, usize> = routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.index, i))
-        .collect();
+    let slot: HashMap<usize, usize> = routes.iter().enumerate().map(|(i, r)| (r.index, i)).collect();
     let mut seen: HashSet<Vec<usize>> = HashSet::new();
     let mut cycles = Vec::new();
     for r in routes {
@@ -1808,9 +1702,7 @@ fn read_runtime(cx: &mut Ctx<'_>, rt: &Node, out: &mut Runtime) {
                 .iter()
                 .filter_map(|i| scalar_str(i).map(|s| (s, i.clone())))
                 .collect(),
-            _ => scalar_str(n)
-                .map(|s| vec![(s, n.clone())])
-                .unwrap_or_default(),
+            _ => scalar_str(n).map(|s| vec![(s, n.clone())]).unwrap_or_default(),
         }
     };
     if let Some(n) = rt.get("listen") {
@@ -1880,7 +1772,9 @@ fn read_runtime(cx: &mut Ctx<'_>, rt: &Node, out: &mut Runtime) {
                     "type",
                     n,
                     "`cnameTTL` must be a number of seconds between 0 and 86400".into(),
-                    Some(format!("such as `cnameTTL: {DEFAULT_CNAME_TTL}`; short, so that a changed route applies quickly")),
+                    Some(format!(
+                        "such as `cnameTTL: {DEFAULT_CNAME_TTL}`; short, so that a changed route applies quickly"
+                    )),
                 );
             }
         }

@@ -229,25 +229,13 @@ mod tests {
             .unwrap();
         let tag = dns.get("proxyTag").unwrap();
         assert_eq!(tag.kind, Kind::Int(202311201628));
-        assert_eq!(
-            tag.pos,
-            Pos {
-                line: 4,
-                column: 17
-            }
-        );
+        assert_eq!(tag.pos, Pos { line: 4, column: 17 });
         let Kind::Seq(routes) = &dns.get("routes").unwrap().kind else {
             panic!()
         };
         let dest = routes[0].get("destination").unwrap();
         assert_eq!(dest.kind, Kind::Str("b.example".into()));
-        assert_eq!(
-            dest.pos,
-            Pos {
-                line: 7,
-                column: 24
-            }
-        );
+        assert_eq!(dest.pos, Pos { line: 7, column: 24 });
     }
 
     #[test]
@@ -260,9 +248,7 @@ mod tests {
     #[test]
     fn repeated_keys_are_kept() {
         let n = parse("a: 1\nb: 2\na: 3\n").unwrap();
-        let Kind::Map(entries) = &n.kind else {
-            panic!()
-        };
+        let Kind::Map(entries) = &n.kind else { panic!() };
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[2].0.pos, Pos { line: 3, column: 1 });
         assert_eq!(n.get("a").unwrap().kind, Kind::Int(1));
