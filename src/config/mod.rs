@@ -375,6 +375,8 @@ const BLOCK_PATH: [&str; 3] = ["spec", "infrastructure", "executorPrivateDNS"];
 struct Ctx<'t> {
     text: &'t str,
     diags: Vec<Diagnostic>,
+    /// The file has `dnsbridge.listen`.
+    file_sets_listen: bool,
 }
 
 impl<'t> Ctx<'t> {
@@ -611,6 +613,7 @@ pub fn parse_str(text: &str) -> Parsed {
     let mut cx = Ctx {
         text,
         diags: Vec::new(),
+        file_sets_listen: false,
     };
     let root = match yaml::parse(text) {
         Ok(r) => r,
@@ -664,6 +667,7 @@ pub fn parse_str(text: &str) -> Parsed {
     }
     cx.check_path_dup(&root, "dnsbridge", "the file");
     if let Some(rt) = root.get("dnsbridge") {
+        cx.file_sets_listen = rt.get("listen").is_some();
         read_runtime(&mut cx, rt, &mut config.runtime);
     }
     cx.check_path_dup(&root, BLOCK_PATH[0], "the file");
@@ -865,7 +869,13 @@ fn read_block(cx: &mut Ctx<'_>, block: &Node, config: &mut Config) {
             return;
         }
     };
-    let listen = config.runtime.listen.clone();
+    // Loops are judged against the listen addresses the file sets; without
+    // them the addresses come from flags, which `serve` checks itself.
+    let listen = if cx.file_sets_listen {
+        config.runtime.listen.clone()
+    } else {
+        Vec::new()
+    };
     let mut sources = Vec::new();
     for (index, item) in items.iter().enumerate() {
         if let Some(r) = read_route(cx, index, item, &listen, &mut sources) {
@@ -1726,7 +1736,7 @@ fn read_runtime(cx: &mut Ctx<'_>, rt: &Node, out: &mut Runtime) {
         let mut v = Vec::new();
         for (s, node) in list(n) {
             match net::parse_socket(&s, 53) {
-                Ok(sa) if points_at_listener(sa, &out.listen) => {
+                Ok(sa) if rt.get("listen").is_some() && points_at_listener(sa, &out.listen) => {
                     cx.error(
                         "forwarding-loop",
                         &node,

@@ -7,9 +7,7 @@ use std::io::Write;
 use serde_json::json;
 
 use super::render::Style;
-use super::{
-    DiffArgs, EXIT_FINDINGS, EXIT_OK, EXIT_TROUBLE, OutputFormat, display_name, load_for_command,
-};
+use super::{DiffArgs, EXIT_FINDINGS, EXIT_OK, EXIT_TROUBLE, OutputFormat, display_name, load_for_command};
 use crate::config::{Config, Route, Runtime, Source};
 
 /// A sort key that groups a wildcard with the names of its suffix.
@@ -33,21 +31,13 @@ fn route_changes(a: &Route, b: &Route) -> Vec<(&'static str, String, String)> {
             v.push((field, x, y));
         }
     };
-    cmp(
-        "destination",
-        a.destination.to_string(),
-        b.destination.to_string(),
-    );
+    cmp("destination", a.destination.to_string(), b.destination.to_string());
     cmp(
         "resolverIP",
         opt(a.resolver, "(none: the upstreams)"),
         opt(b.resolver, "(none: the upstreams)"),
     );
-    cmp(
-        "flatten",
-        opt(a.flatten, "(default)"),
-        opt(b.flatten, "(default)"),
-    );
+    cmp("flatten", opt(a.flatten, "(default)"), opt(b.flatten, "(default)"));
     cmp("ttl", opt(a.ttl, "(default)"), opt(b.ttl, "(default)"));
     v
 }
@@ -77,26 +67,14 @@ fn runtime_changes(a: &Runtime, b: &Runtime) -> Vec<(&'static str, String, Strin
     cmp("dnsbridge.listen", list(&a.listen), list(&b.listen));
     cmp("dnsbridge.upstreams", ups(a), ups(b));
     cmp("dnsbridge.allow", list(&a.allow), list(&b.allow));
-    cmp(
-        "dnsbridge.cnameTTL",
-        a.cname_ttl.to_string(),
-        b.cname_ttl.to_string(),
-    );
-    cmp(
-        "dnsbridge.flatten",
-        a.flatten.to_string(),
-        b.flatten.to_string(),
-    );
+    cmp("dnsbridge.cnameTTL", a.cname_ttl.to_string(), b.cname_ttl.to_string());
+    cmp("dnsbridge.flatten", a.flatten.to_string(), b.flatten.to_string());
     cmp(
         "dnsbridge.upstreamTimeout",
         format!("{:?}", a.upstream_timeout),
         format!("{:?}", b.upstream_timeout),
     );
-    cmp(
-        "dnsbridge.metrics",
-        opt(a.metrics, "(off)"),
-        opt(b.metrics, "(off)"),
-    );
+    cmp("dnsbridge.metrics", opt(a.metrics, "(off)"), opt(b.metrics, "(off)"));
     cmp(
         "dnsbridge.egressSet",
         opt(a.egress_set.clone(), "(off)"),
@@ -133,22 +111,11 @@ pub fn render(
     out: &mut dyn Write,
 ) -> u8 {
     let index = |c: &Config| -> BTreeMap<(String, u8), Route> {
-        c.routes
-            .iter()
-            .map(|r| (key(&r.source), r.clone()))
-            .collect()
+        c.routes.iter().map(|r| (key(&r.source), r.clone())).collect()
     };
     let (a, b) = (index(old), index(new));
-    let removed: Vec<&Route> = a
-        .iter()
-        .filter(|(k, _)| !b.contains_key(*k))
-        .map(|(_, r)| r)
-        .collect();
-    let added: Vec<&Route> = b
-        .iter()
-        .filter(|(k, _)| !a.contains_key(*k))
-        .map(|(_, r)| r)
-        .collect();
+    let removed: Vec<&Route> = a.iter().filter(|(k, _)| !b.contains_key(*k)).map(|(_, r)| r).collect();
+    let added: Vec<&Route> = b.iter().filter(|(k, _)| !a.contains_key(*k)).map(|(_, r)| r).collect();
     let mut changed = Vec::new();
     let mut unchanged = 0;
     for (k, ra) in &a {
@@ -161,14 +128,10 @@ pub fn render(
             }
         }
     }
-    let tag = (old.proxy_tag != new.proxy_tag)
-        .then(|| (opt(old.proxy_tag, "(none)"), opt(new.proxy_tag, "(none)")));
+    let tag = (old.proxy_tag != new.proxy_tag).then(|| (opt(old.proxy_tag, "(none)"), opt(new.proxy_tag, "(none)")));
     let settings = runtime_changes(&old.runtime, &new.runtime);
-    let differ = !(removed.is_empty()
-        && added.is_empty()
-        && changed.is_empty()
-        && tag.is_none()
-        && settings.is_empty());
+    let differ =
+        !(removed.is_empty() && added.is_empty() && changed.is_empty() && tag.is_none() && settings.is_empty());
 
     if format == OutputFormat::Json {
         let route = |r: &Route, file: &str| {

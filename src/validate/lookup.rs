@@ -7,9 +7,7 @@ use std::net::IpAddr;
 use serde_json::json;
 
 use super::render::Style;
-use super::{
-    EXIT_FINDINGS, EXIT_OK, EXIT_TROUBLE, OutputFormat, RouteArgs, display_name, load_for_command,
-};
+use super::{EXIT_FINDINGS, EXIT_OK, EXIT_TROUBLE, OutputFormat, RouteArgs, display_name, load_for_command};
 use crate::config::{Config, Destination, Route, Source};
 use crate::name::Name;
 use crate::route::{MatchKind, RouteTable};
@@ -25,11 +23,7 @@ fn host_of(input: &str) -> &str {
         None => t,
     };
     match t.rsplit_once(':') {
-        Some((h, p))
-            if !h.contains(':') && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            h
-        }
+        Some((h, p)) if !h.contains(':') && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => t,
     }
 }
@@ -37,16 +31,10 @@ fn host_of(input: &str) -> &str {
 fn resolver_text(cfg: &Config, route: Option<&Route>) -> (String, &'static str) {
     if let Some(r) = route {
         if matches!(r.destination, Destination::Ips(_)) {
-            return (
-                "none: the proxy answers with the addresses itself".into(),
-                "none",
-            );
+            return ("none: the proxy answers with the addresses itself".into(), "none");
         }
         if let Some(sa) = r.resolver {
-            return (
-                format!("{sa}, this route's resolverIP, and only it"),
-                "route",
-            );
+            return (format!("{sa}, this route's resolverIP, and only it"), "route");
         }
     }
     if cfg.runtime.upstreams.is_empty() {
@@ -55,12 +43,7 @@ fn resolver_text(cfg: &Config, route: Option<&Route>) -> (String, &'static str) 
             "resolv.conf",
         )
     } else {
-        let list: Vec<String> = cfg
-            .runtime
-            .upstreams
-            .iter()
-            .map(|u| u.to_string())
-            .collect();
+        let list: Vec<String> = cfg.runtime.upstreams.iter().map(|u| u.to_string()).collect();
         (format!("the upstreams: {}", list.join(", ")), "upstreams")
     }
 }
@@ -172,10 +155,7 @@ pub fn route_to(args: &RouteArgs, out: &mut dyn Write, err: &mut dyn Write, colo
         "dnsbridge.cnameTTL"
     };
     let (resolver, resolver_kind) = resolver_text(&cfg, Some(r));
-    let next = target
-        .as_ref()
-        .and_then(|t| table.lookup_name(t))
-        .map(|n| n.route);
+    let next = target.as_ref().and_then(|t| table.lookup_name(t)).map(|n| n.route);
 
     if args.format == OutputFormat::Json {
         let destination = match (&r.destination, &target) {
@@ -213,11 +193,7 @@ pub fn route_to(args: &RouteArgs, out: &mut dyn Write, err: &mut dyn Write, colo
     }
 
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{}",
-        style.bold(&format!("{shown}: route {}, {kind}", r.index + 1))
-    );
+    let _ = writeln!(s, "{}", style.bold(&format!("{shown}: route {}, {kind}", r.index + 1)));
     let _ = writeln!(s, "  source:      {} ({})", r.source, pos_text(&file, r));
     match (&r.source, &prefix) {
         (Source::Exact(_), _) => {
@@ -280,19 +256,11 @@ pub fn route_to(args: &RouteArgs, out: &mut dyn Write, err: &mut dyn Write, colo
                 "  destination: {t} (the prefix `{}` kept in front of `*.{suf}`)",
                 prefix.as_deref().unwrap_or("")
             );
-            let _ = writeln!(
-                s,
-                "  answer:      {}",
-                answer_text(shown, t, flatten, ttl, ttl_from)
-            );
+            let _ = writeln!(s, "  answer:      {}", answer_text(shown, t, flatten, ttl, ttl_from));
         }
         (_, Some(t)) => {
             let _ = writeln!(s, "  destination: {t}");
-            let _ = writeln!(
-                s,
-                "  answer:      {}",
-                answer_text(shown, t, flatten, ttl, ttl_from)
-            );
+            let _ = writeln!(s, "  answer:      {}", answer_text(shown, t, flatten, ttl, ttl_from));
         }
         (_, None) => {
             let _ = writeln!(
@@ -332,18 +300,9 @@ mod tests {
 
     #[test]
     fn hosts_from_urls_and_ports() {
-        assert_eq!(
-            host_of("https://npm.corp.example/a/b?c"),
-            "npm.corp.example"
-        );
-        assert_eq!(
-            host_of("registry.corp.example:5000"),
-            "registry.corp.example"
-        );
+        assert_eq!(host_of("https://npm.corp.example/a/b?c"), "npm.corp.example");
+        assert_eq!(host_of("registry.corp.example:5000"), "registry.corp.example");
         assert_eq!(host_of("user@x://h.example"), "h.example");
-        assert_eq!(
-            host_of(" Registry.Corp.Example. "),
-            "Registry.Corp.Example."
-        );
+        assert_eq!(host_of(" Registry.Corp.Example. "), "Registry.Corp.Example.");
     }
 }

@@ -154,19 +154,13 @@ fn expand(paths: &[PathBuf]) -> Vec<Result<PathBuf, (PathBuf, String)>> {
                 let path = e.path();
                 if path.is_dir() {
                     stack.push(path);
-                } else if matches!(
-                    path.extension().and_then(|x| x.to_str()),
-                    Some("yaml" | "yml")
-                ) {
+                } else if matches!(path.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
                     found.push(path);
                 }
             }
         }
         if found.is_empty() {
-            out.push(Err((
-                p.clone(),
-                "the directory holds no .yaml or .yml file".into(),
-            )));
+            out.push(Err((p.clone(), "the directory holds no .yaml or .yml file".into())));
         }
         found.sort();
         out.extend(found.into_iter().map(Ok));
@@ -208,12 +202,8 @@ fn display_name(path: &Path) -> String {
 }
 
 /// Reads and checks every file, in parallel, keeping the command line's order.
-fn check_all(
-    inputs: Vec<Result<PathBuf, (PathBuf, String)>>,
-) -> Vec<Result<FileReport, (String, String)>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(16);
+fn check_all(inputs: Vec<Result<PathBuf, (PathBuf, String)>>) -> Vec<Result<FileReport, (String, String)>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
     let one = |input: &Result<PathBuf, (PathBuf, String)>| match input {
         Err((p, e)) => Err((display_name(p), e.clone())),
         Ok(p) => {
@@ -246,22 +236,11 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 
 /// `validate`, writing findings to `out` and trouble to `err`; returns the
 /// exit code.
-pub fn validate_to(
-    args: &ValidateArgs,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-    color: bool,
-) -> u8 {
+pub fn validate_to(args: &ValidateArgs, out: &mut dyn Write, err: &mut dyn Write, color: bool) -> u8 {
     if args.list_rules {
         let width = RULES.iter().map(|r| r.id.len()).max().unwrap_or(0);
         for r in RULES {
-            let _ = writeln!(
-                out,
-                "{:<width$}  {:<7}  {}",
-                r.id,
-                r.severity.to_string(),
-                r.summary
-            );
+            let _ = writeln!(out, "{:<width$}  {:<7}  {}", r.id, r.severity.to_string(), r.summary);
         }
         return EXIT_OK;
     }
@@ -296,11 +275,7 @@ pub fn validate_to(
             }
             Ok(rep) => {
                 let src = Source::new(&rep.name, &rep.text);
-                let e = rep
-                    .diagnostics
-                    .iter()
-                    .filter(|d| d.severity == Severity::Error)
-                    .count();
+                let e = rep.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
                 errors += e;
                 warnings += rep.diagnostics.len() - e;
                 if e > 0 {
@@ -405,11 +380,7 @@ fn load_for_command(path: &Path, err: &mut dyn Write, color: bool) -> Result<con
         None => {
             let src = Source::new(&name, &text);
             let style = Style { color };
-            for d in parsed
-                .diagnostics
-                .iter()
-                .filter(|d| d.severity == Severity::Error)
-            {
+            for d in parsed.diagnostics.iter().filter(|d| d.severity == Severity::Error) {
                 let _ = writeln!(err, "{}", render::human(&src, d, style));
             }
             let n = parsed

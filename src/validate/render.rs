@@ -49,18 +49,12 @@ impl<'a> Source<'a> {
         Source {
             name,
             text,
-            lines: text
-                .lines()
-                .map(|l| l.strip_suffix('\r').unwrap_or(l))
-                .collect(),
+            lines: text.lines().map(|l| l.strip_suffix('\r').unwrap_or(l)).collect(),
         }
     }
 
     fn line(&self, n: u32) -> &'a str {
-        self.lines
-            .get(n.saturating_sub(1) as usize)
-            .copied()
-            .unwrap_or("")
+        self.lines.get(n.saturating_sub(1) as usize).copied().unwrap_or("")
     }
 }
 
@@ -111,13 +105,7 @@ pub fn human(src: &Source<'_>, d: &Diagnostic, style: Style) -> String {
         });
     }
     marks.sort_by_key(|m| (m.pos, !m.primary));
-    let width = marks
-        .iter()
-        .map(|m| m.pos.line)
-        .max()
-        .unwrap_or(1)
-        .to_string()
-        .len();
+    let width = marks.iter().map(|m| m.pos.line).max().unwrap_or(1).to_string().len();
     let pad = " ".repeat(width);
     let bar = style.gutter("|");
     let mut out = String::new();
@@ -144,12 +132,7 @@ pub fn human(src: &Source<'_>, d: &Diagnostic, style: Style) -> String {
             match prev_line {
                 Some(p) if n == p + 2 => {
                     let mid = display_line(src.line(p + 1));
-                    let _ = writeln!(
-                        out,
-                        "{} {bar} {}",
-                        style.gutter(&format!("{:>width$}", p + 1)),
-                        mid
-                    );
+                    let _ = writeln!(out, "{} {bar} {}", style.gutter(&format!("{:>width$}", p + 1)), mid);
                 }
                 Some(p) if n > p + 2 => {
                     let _ = writeln!(out, "{}", style.gutter("..."));
@@ -189,12 +172,7 @@ pub fn human(src: &Source<'_>, d: &Diagnostic, style: Style) -> String {
     }
     if let Some(h) = &d.hint {
         let _ = writeln!(out, "{pad} {bar}");
-        let _ = writeln!(
-            out,
-            "{pad} {} {}: {h}",
-            style.gutter("="),
-            style.bold("help")
-        );
+        let _ = writeln!(out, "{pad} {} {}: {h}", style.gutter("="), style.bold("help"));
     }
     out
 }
@@ -223,19 +201,14 @@ pub fn json(file: &str, d: &Diagnostic) -> String {
         d.severity,
         d.rule,
         json_str(&d.message),
-        d.hint
-            .as_deref()
-            .map(json_str)
-            .unwrap_or_else(|| "null".into()),
+        d.hint.as_deref().map(json_str).unwrap_or_else(|| "null".into()),
         serde_json::Value::Array(related),
     )
 }
 
 /// Escapes the message part of a workflow command.
 fn gh_data(s: &str) -> String {
-    s.replace('%', "%25")
-        .replace('\r', "%0D")
-        .replace('\n', "%0A")
+    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
 }
 
 /// Escapes a property value of a workflow command.
@@ -270,11 +243,7 @@ pub fn github(file: &str, d: &Diagnostic) -> String {
 
 /// An unreadable file as a workflow command (no position).
 pub fn github_file_error(file: &str, message: &str) -> String {
-    format!(
-        "::error file={},title=unreadable::{}",
-        gh_prop(file),
-        gh_data(message)
-    )
+    format!("::error file={},title=unreadable::{}", gh_prop(file), gh_data(message))
 }
 
 #[cfg(test)]
@@ -309,10 +278,7 @@ mod tests {
         let text = "a:\t\"x y\"\n";
         let src = Source::new("c.yaml", text);
         let out = human(&src, &diag(1, 4, 5), Style { color: false });
-        assert!(
-            out.contains("1 | a:    \"x y\"\n  |       ^^^^^\n"),
-            "{out}"
-        );
+        assert!(out.contains("1 | a:    \"x y\"\n  |       ^^^^^\n"), "{out}");
     }
 
     #[test]
