@@ -373,7 +373,7 @@ const RUNTIME_KEYS: &[&str] = &[
 const BLOCK_PATH: [&str; 3] = ["spec", "infrastructure", "executorPrivateDNS"];
 
 struct Ctx<'t> {
-    text: &'t str,
+    lines: Vec<&'t str>,
     diags: Vec<Diagnostic>,
     /// The file has `dnsbridge.listen`.
     file_sets_listen: bool,
@@ -381,7 +381,12 @@ struct Ctx<'t> {
 
 impl<'t> Ctx<'t> {
     fn line(&self, line: u32) -> &'t str {
-        self.text.lines().nth(line.saturating_sub(1) as usize).unwrap_or("")
+        self.lines.get(line.saturating_sub(1) as usize).copied().unwrap_or("")
+    }
+
+    /// Characters to underline at `pos` (see [`token_len`]).
+    fn tok(&self, pos: Pos) -> u32 {
+        token_len_in_line(self.line(pos.line), pos.column)
     }
 
     fn push_at(
@@ -407,18 +412,18 @@ impl<'t> Ctx<'t> {
     }
 
     fn error(&mut self, rule: &'static str, node: &Node, message: String, hint: Option<String>) -> &mut Diagnostic {
-        let len = token_len(self.text, node.pos);
+        let len = self.tok(node.pos);
         self.push_at(Severity::Error, rule, node.pos, len, message, hint)
     }
 
     fn warn(&mut self, rule: &'static str, node: &Node, message: String, hint: Option<String>) -> &mut Diagnostic {
-        let len = token_len(self.text, node.pos);
+        let len = self.tok(node.pos);
         self.push_at(Severity::Warning, rule, node.pos, len, message, hint)
     }
 
     /// The source text of the token at `node` (for quoting it back as written).
     fn raw(&self, node: &Node) -> String {
-        let len = token_len(self.text, node.pos) as usize;
+        let len = self.tok(node.pos) as usize;
         self.line(node.pos.line)
             .chars()
             .skip(node.pos.column.saturating_sub(1) as usize)
@@ -489,9 +494,15 @@ impl<'t> Ctx<'t> {
 /// closing quote, a plain scalar to the end of the token (a key to its colon,
 /// a flow item to its comma or bracket).
 pub fn token_len(text: &str, pos: Pos) -> u32 {
-    let Some(line) = text.lines().nth(pos.line.saturating_sub(1) as usize) else {
-        return 1;
-    };
+    match text.lines().nth(pos.line.saturating_sub(1) as usize) {
+        Some(line) => token_len_in_line(line, pos.column),
+        None => 1,
+    }
+}
+
+/// [`token_len`] for a token at `column` of `line`.
+pub fn token_len_in_line(line: &str, column: u32) -> u32 {
+    let pos = Pos { line: 0, column };
     let before: String = line.chars().take(pos.column.saturating_sub(1) as usize).collect();
     let rest: String = line.chars().skip(pos.column.saturating_sub(1) as usize).collect();
     let in_flow = flow_depth(&before) > 0;
@@ -611,7 +622,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// Parses a whole file: the single entry point of both `serve` and `validate`.
 pub fn parse_str(text: &str) -> Parsed {
     let mut cx = Ctx {
-        text,
+        lines: text.lines().collect(),
         diags: Vec::new(),
         file_sets_listen: false,
     };
@@ -687,8 +698,8 @@ pub fn parse_str(text: &str) -> Parsed {
         find_misspelled_runtime(&mut cx, &root);
     }
     let has_errors = cx.diags.iter().any(|d| d.severity == Severity::Error);
-    cx.diags
-        .retain(|d| d.severity == Severity::Error || !allowed_here(text, d));
+    let Ctx { lines, diags, .. } = &mut cx;
+    diags.retain(|d| d.severity == Severity::Error || !allowed_here(lines, d));
     cx.diags.sort_by_key(|d| (d.pos, d.severity));
     if has_errors {
         return Parsed {
@@ -708,9 +719,10 @@ pub const ALLOW_MARKER: &str = "dnsbridge-allow:";
 
 /// True when a warning is accepted by a `# dnsbridge-allow: RULE` comment on
 /// its own line or on the line just above it. Errors cannot be accepted.
-fn allowed_here(text: &str, d: &Diagnostic) -> bool {
+fn allowed_here(lines: &[&str], d: &Diagnostic) -> bool {
     let line = d.pos.line as usize;
-    text.lines()
+    lines
+        .iter()
         .skip(line.saturating_sub(2))
         .take(if line >= 2 { 2 } else { 1 })
         .any(|l| {
@@ -1278,7 +1290,7 @@ fn destination_parts(cx: &Ctx<'_>, n: &Node) -> Result<Vec<Part>, &'static str> 
                 Some(s) => Ok(Part {
                     text: s.trim().to_string(),
                     pos: it.pos,
-                    len: token_len(cx.text, it.pos),
+                    len: cx.tok(it.pos),
                 }),
                 None => Err(it.type_name()),
             })
@@ -1291,7 +1303,7 @@ fn destination_parts(cx: &Ctx<'_>, n: &Node) -> Result<Vec<Part>, &'static str> 
                 .split(|c: char| c == ',' || c.is_whitespace())
                 .filter(|p| !p.is_empty())
                 .collect();
-            let whole = token_len(cx.text, n.pos);
+            let whole = cx.tok(n.pos);
             if words.len() <= 1 {
                 return Ok(words
                     .into_iter()
@@ -1558,7 +1570,7 @@ fn check_duplicates(cx: &mut Ctx<'_>, sources: &[(Source, Pos, usize)]) {
     let mut first: HashMap<&Source, (Pos, usize)> = HashMap::new();
     for (src, pos, index) in sources {
         if let Some(&(prev_pos, prev_index)) = first.get(src) {
-            let len = token_len(cx.text, *pos);
+            let len = cx.tok(*pos);
             cx.push_at(
                 Severity::Error,
                 "duplicate-source",
@@ -1575,6 +1587,9 @@ fn check_duplicates(cx: &mut Ctx<'_>, sources: &[(Source, Pos, usize)]) {
     }
 }
 
+/// The routes of a cycle named in its message and pointed at.
+const MAX_CYCLE_SHOWN: usize = 8;
+
 /// Rules that look at the valid routes together: self routes, cycles.
 fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
     let mut self_routes = Vec::new();
@@ -1586,7 +1601,7 @@ fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
         };
         if same {
             self_routes.push(r.index);
-            let len = token_len(cx.text, r.destination_pos);
+            let len = cx.tok(r.destination_pos);
             cx.push_at(
                 Severity::Error,
                 "self-route",
@@ -1613,7 +1628,13 @@ fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
                 .chain(std::iter::once(&head))
                 .map(|r| format!("`{}`", r.source))
                 .collect();
-            format!("routes form a cycle: {}", path.join(" -> "))
+            if path.len() > MAX_CYCLE_SHOWN + 1 {
+                let n = cycle.len();
+                let shown = path[..MAX_CYCLE_SHOWN].join(" -> ");
+                format!("{n} routes form a cycle: {shown} -> ... -> {}", path[path.len() - 1])
+            } else {
+                format!("routes form a cycle: {}", path.join(" -> "))
+            }
         };
         let hint = if cycle.len() == 1 {
             format!("give `{}` a destination outside the names it captures", head.source)
@@ -1621,9 +1642,10 @@ fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
             "one of these destinations must lead out of the routes, to the name the registry is reachable at"
                 .to_string()
         };
-        let len = token_len(cx.text, head.destination_pos);
+        let len = cx.tok(head.destination_pos);
         let related = cycle[1..]
             .iter()
+            .take(MAX_CYCLE_SHOWN)
             .map(|r| (r.destination_pos, format!("`{}` -> `{}`", r.source, r.destination)))
             .collect();
         cx.push_at(
@@ -1651,7 +1673,15 @@ fn find_cycles(routes: &[Route]) -> Vec<Vec<&Route>> {
     let slot: HashMap<usize, usize> = routes.iter().enumerate().map(|(i, r)| (r.index, i)).collect();
     let mut seen: HashSet<Vec<usize>> = HashSet::new();
     let mut cycles = Vec::new();
+    // Routes whose onward chain is already explored. Only routes with a
+    // fixed destination qualify: after a `*.suffix2` destination the chain
+    // depends on the prefix of the name that came in.
+    let mut done: HashSet<usize> = HashSet::new();
+    let fixed = |r: &Route| !matches!(r.destination, Destination::Wildcard(_));
     for r in routes {
+        if done.contains(&r.index) {
+            continue;
+        }
         // '*' cannot occur in a configured label, so the probe is matched by
         // the wildcard itself and by nothing more specific.
         let probe: Vec<u8> = match &r.source {
@@ -1666,11 +1696,12 @@ fn find_cycles(routes: &[Route]) -> Vec<Vec<&Route>> {
         }
         let mut name = probe;
         let mut path = vec![r.index];
+        let mut on_path: HashMap<usize, usize> = HashMap::from([(r.index, 0)]);
         while let Some(target) = m.target(&name) {
             let Some(next) = table.lookup(target.wire()) else {
                 break;
             };
-            if let Some(at) = path.iter().position(|&i| i == next.route.index) {
+            if let Some(&at) = on_path.get(&next.route.index) {
                 let mut cyc = path[at..].to_vec();
                 let min = cyc
                     .iter()
@@ -1684,10 +1715,15 @@ fn find_cycles(routes: &[Route]) -> Vec<Vec<&Route>> {
                 }
                 break;
             }
+            if done.contains(&next.route.index) && fixed(next.route) {
+                break; // explored from there already
+            }
+            on_path.insert(next.route.index, path.len());
             path.push(next.route.index);
             name = target.wire().to_vec();
             m = next;
         }
+        done.extend(path.into_iter().filter(|i| fixed(&routes[slot[i]])));
     }
     cycles.sort_by_key(|c: &Vec<&Route>| c[0].index);
     cycles

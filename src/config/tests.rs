@@ -211,3 +211,23 @@ fn misplaced_or_misspelled_block_warns() {
         "spec:\n  infrastructure:\n    executorPrivateDns:\n      routes: []\ndnsBridge:\n  listen: 127.0.0.1:53\n";
     assert_eq!(rules(text), vec![("block-not-read", 3, 5), ("block-not-read", 5, 1)]);
 }
+
+#[test]
+fn a_long_ring_is_reported_once_and_briefly() {
+    let mut routes = String::new();
+    for i in 0..2000 {
+        routes.push_str(&format!(
+            "        - source: r{i}.corp\n          destination: r{}.corp\n",
+            (i + 1) % 2000
+        ));
+    }
+    let p = parse_str(&wrap(&routes));
+    let cycles: Vec<_> = p.diagnostics.iter().filter(|d| d.rule == "route-cycle").collect();
+    assert_eq!(cycles.len(), 1, "one ring, reported once");
+    assert!(
+        cycles[0]
+            .message
+            .starts_with("2000 routes form a cycle: `r0.corp` -> `r1.corp`")
+    );
+    assert!(cycles[0].related.len() <= 8);
+}

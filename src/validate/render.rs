@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::config::yaml::Pos;
-use crate::config::{Diagnostic, Severity, token_len};
+use crate::config::{Diagnostic, Severity, token_len_in_line};
 
 /// ANSI styling, switched off entirely when not writing to a terminal.
 #[derive(Debug, Clone, Copy)]
@@ -99,7 +99,7 @@ pub fn human(src: &Source<'_>, d: &Diagnostic, style: Style) -> String {
     for (pos, label) in &d.related {
         marks.push(Mark {
             pos: *pos,
-            len: token_len(src.text, *pos),
+            len: token_len_in_line(src.line(pos.line), pos.column),
             primary: false,
             label: label.clone(),
         });
