@@ -29,11 +29,7 @@ fn bin() -> &'static Path {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env_remove("NO_COLOR")
-        .output()
-        .unwrap()
+    Command::new(bin()).args(args).env_remove("NO_COLOR").output().unwrap()
 }
 
 fn text(o: &Output) -> (String, String, i32) {
@@ -58,27 +54,18 @@ fn exit_codes() {
         1,
         "--strict fails on warnings"
     );
-    let (out, err, code) = text(&run(&[
-        "validate",
-        CLEAN,
-        "/nonexistent/config.yaml",
-        BROKEN,
-    ]));
+    let (out, err, code) = text(&run(&["validate", CLEAN, "/nonexistent/config.yaml", BROKEN]));
     assert_eq!(code, 2, "an unreadable file is trouble");
-    assert!(
-        err.contains("/nonexistent/config.yaml: cannot read it"),
-        "{err}"
-    );
+    assert!(err.contains("/nonexistent/config.yaml: cannot read it"), "{err}");
     assert!(
         out.contains("21-route-cycle.yaml:8:24"),
         "the readable files are still checked: {out}"
     );
-    assert!(out.ends_with("checked 2 files: 1 valid (2 routes), 1 with errors, 1 unreadable; 1 error, 0 warnings\n"), "{out}");
-    assert_eq!(
-        text(&run(&["validate", "--format", "yaml", CLEAN])).2,
-        2,
-        "usage error"
+    assert!(
+        out.ends_with("checked 2 files: 1 valid (2 routes), 1 with errors, 1 unreadable; 1 error, 0 warnings\n"),
+        "{out}"
     );
+    assert_eq!(text(&run(&["validate", "--format", "yaml", CLEAN])).2, 2, "usage error");
     assert_eq!(text(&run(&["validate"])).2, 2, "no file");
     let empty = tempdir("empty");
     assert_eq!(
@@ -90,19 +77,11 @@ fn exit_codes() {
 
 #[test]
 fn several_files_and_directories() {
-    let (out, _, code) = text(&run(&[
-        "validate", "--color", "never", "examples", BROKEN, WARNS,
-    ]));
+    let (out, _, code) = text(&run(&["validate", "--color", "never", "examples", BROKEN, WARNS]));
     assert_eq!(code, 1);
     let n = std::fs::read_dir("examples")
         .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "yaml")
-        })
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml"))
         .count();
     assert!(
         out.contains(&format!("checked {} files: {} valid", n + 2, n + 1)),
@@ -265,11 +244,7 @@ fn route_explains_each_kind_of_match() {
         2,
         "an invalid config is refused"
     );
-    assert_eq!(
-        text(&run(&["route", "x.corp.example"])).2,
-        1,
-        "no config: no routes"
-    );
+    assert_eq!(text(&run(&["route", "x.corp.example"])).2, 1, "no config: no routes");
 }
 
 #[test]
@@ -287,10 +262,7 @@ fn diff_lists_changes_by_source() {
         "tests/golden/diff/same.yaml",
     ]));
     assert_eq!(code, 0, "{out}");
-    assert!(
-        out.ends_with("no difference (4 routes unchanged)\n"),
-        "{out}"
-    );
+    assert!(out.ends_with("no difference (4 routes unchanged)\n"), "{out}");
     let (out, _, code) = text(&run(&[
         "diff",
         "--format",

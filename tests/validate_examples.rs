@@ -36,11 +36,7 @@ fn every_example_validates_cleanly_even_strict() {
         1,
         "only the summary line: {out}"
     );
-    assert!(out.starts_with(&format!(
-        "checked {} files: {} valid",
-        files.len(),
-        files.len()
-    )));
+    assert!(out.starts_with(&format!("checked {} files: {} valid", files.len(), files.len())));
     for f in &files {
         let c = load_file(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         assert!(!c.routes.is_empty(), "{} has routes", f.display());
@@ -61,17 +57,9 @@ fn each_customer_setup_has_an_example() {
     }
     let prod = std::fs::read_to_string("examples/production.yaml").unwrap();
     let c = parse_str(&prod).config.unwrap();
-    assert!(
-        c.runtime.listen.len() >= 2
-            && !c.runtime.upstreams.is_empty()
-            && c.runtime.metrics.is_some()
-    );
+    assert!(c.runtime.listen.len() >= 2 && !c.runtime.upstreams.is_empty() && c.runtime.metrics.is_some());
     let psc = load_file("examples/gcp-private-service-connect.yaml".as_ref()).unwrap();
-    assert!(
-        psc.routes
-            .iter()
-            .all(|r| matches!(r.destination, Destination::Ips(_)))
-    );
+    assert!(psc.routes.iter().all(|r| matches!(r.destination, Destination::Ips(_))));
 }
 
 /// The `dnsbridge-allow` comments in the examples accept only the firewall
@@ -89,11 +77,7 @@ fn allow_comments_hide_only_the_firewall_warning() {
             })
             .collect::<Vec<_>>()
             .join("\n");
-        let rules: Vec<&str> = parse_str(&bare)
-            .diagnostics
-            .iter()
-            .map(|d| d.rule)
-            .collect();
+        let rules: Vec<&str> = parse_str(&bare).diagnostics.iter().map(|d| d.rule).collect();
         let allowed = text.matches(ALLOW_MARKER).count();
         assert!(
             rules.iter().all(|r| *r == "firewall-blocked-ip"),

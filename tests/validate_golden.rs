@@ -44,11 +44,7 @@ fn args(files: Vec<PathBuf>, format: Format) -> ValidateArgs {
 fn run(files: Vec<PathBuf>, format: Format) -> (String, String, u8) {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = validate_to(&args(files, format), &mut out, &mut err, false);
-    (
-        String::from_utf8(out).unwrap(),
-        String::from_utf8(err).unwrap(),
-        code,
-    )
+    (String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap(), code)
 }
 
 fn expectations(text: &str) -> BTreeSet<(String, u32, u32)> {
@@ -65,10 +61,7 @@ fn expectations(text: &str) -> BTreeSet<(String, u32, u32)> {
 #[test]
 fn every_finding_is_where_the_corpus_says() {
     let files = corpus();
-    assert!(
-        files.len() >= 25,
-        "the corpus must hold at least 25 broken configs"
-    );
+    assert!(files.len() >= 25, "the corpus must hold at least 25 broken configs");
     let mut failures = Vec::new();
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
@@ -94,15 +87,8 @@ fn every_rule_has_a_broken_config() {
             seen.insert(rule);
         }
     }
-    let missing: Vec<&str> = RULES
-        .iter()
-        .map(|r| r.id)
-        .filter(|id| !seen.contains(*id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "rules without a corpus file: {missing:?}"
-    );
+    let missing: Vec<&str> = RULES.iter().map(|r| r.id).filter(|id| !seen.contains(*id)).collect();
+    assert!(missing.is_empty(), "rules without a corpus file: {missing:?}");
 }
 
 fn check_golden(name: &str, actual: &str, failures: &mut Vec<String>) {
@@ -118,10 +104,7 @@ fn check_golden(name: &str, actual: &str, failures: &mut Vec<String>) {
             "{} differs (UPDATE_GOLDEN=1 regenerates it):\n--- want\n{want}\n--- got\n{actual}",
             path.display()
         )),
-        Err(_) => failures.push(format!(
-            "{} is missing (UPDATE_GOLDEN=1 writes it)",
-            path.display()
-        )),
+        Err(_) => failures.push(format!("{} is missing (UPDATE_GOLDEN=1 writes it)", path.display())),
     }
 }
 
@@ -142,11 +125,7 @@ fn outputs_match_the_golden_files() {
         ] {
             let (out, err, code) = run(vec![f.clone()], format);
             assert_eq!(err, "", "{stem}: nothing on stderr for a readable file");
-            assert_eq!(
-                code,
-                if has_errors { 1 } else { 0 },
-                "{stem} {ext}: exit code"
-            );
+            assert_eq!(code, if has_errors { 1 } else { 0 }, "{stem} {ext}: exit code");
             check_golden(&format!("{stem}.{ext}"), &out, &mut failures);
         }
     }
@@ -159,10 +138,7 @@ fn the_whole_corpus_at_once() {
     let (out, _, code) = run(files.clone(), Format::Human);
     assert_eq!(code, 1);
     let last = out.lines().last().unwrap();
-    assert!(
-        last.starts_with(&format!("checked {} files: ", files.len())),
-        "{last}"
-    );
+    assert!(last.starts_with(&format!("checked {} files: ", files.len())), "{last}");
     // Every file's findings appear, in the order of the command line.
     let mut at = 0;
     for f in &files {
@@ -175,8 +151,7 @@ fn the_whole_corpus_at_once() {
     }
     let (json, _, _) = run(files, Format::Json);
     for line in json.lines() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).expect("each line is one JSON object");
+        let v: serde_json::Value = serde_json::from_str(line).expect("each line is one JSON object");
         for key in [
             "file",
             "line",

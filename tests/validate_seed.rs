@@ -44,11 +44,7 @@ fn aws_block_is_a_template_until_filled_in() {
         .map(|d| (d.rule, d.pos.line, d.pos.column))
         .collect();
     assert_eq!(found, vec![("name-malformed", 8, 24)]);
-    assert!(
-        p.diagnostics[0]
-            .message
-            .contains("`<ID>`, `<HASH>`, `<REGION>`")
-    );
+    assert!(p.diagnostics[0].message.contains("`<ID>`, `<HASH>`, `<REGION>`"));
     // Filled in the way the document says (the regional name), it is clean.
     let filled = text
         .replace("<ID>", "0a1b2c3d4e5f60718-abcd1234")

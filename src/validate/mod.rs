@@ -70,6 +70,9 @@ What is checked:
   block of runtime settings. Every other key of the file is ignored. `serve`
   loads files with the same code, so a file that passes here is a file it runs.
   `dnsbridge validate --list-rules` prints every rule.
+  A warning that is understood (say, an address `dnsbridge firewall` opens) is
+  accepted by a `# dnsbridge-allow: RULE` comment on its line or the line above;
+  errors cannot be accepted.
 
 Output:
   human   for each finding: severity[rule]: one sentence, the file:line:column,
