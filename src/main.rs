@@ -38,6 +38,8 @@ struct Cli {
 enum Command {
     /// Run the DNS proxy.
     Serve(ServeArgs),
+    /// Say stage by stage whether a private registry is reachable: route, DNS, TCP, TLS, API.
+    Check(dnsbridge::check::CheckArgs),
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +115,7 @@ fn init_logging(format: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Check(args) => dnsbridge::check::run_blocking(args),
         Command::Serve(args) => {
             init_logging(&args.log_format);
             match serve(args) {
