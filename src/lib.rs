@@ -9,6 +9,8 @@
 
 pub mod config;
 pub mod core;
+pub mod egress;
+pub mod firewall;
 pub mod name;
 pub mod net;
 pub mod route;
