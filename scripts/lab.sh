@@ -25,7 +25,7 @@
 # Environment: LAB_PREFIX (dnsb), LAB_DIR (/tmp/$LAB_PREFIX-lab), LAB_TTL (5),
 # LAB_BLOB_KB (512: size of the test blob pushed to lab/blob), DNSBRIDGE_BIN (a
 # dnsbridge binary whose `serve` takes --egress-set: started in the host namespace),
-# DNSBRIDGE_GRACE (egress grace seconds passed to serve when set).
+# DNSBRIDGE_SERVE_ARGS (more flags for `serve`, split on spaces, e.g. the grace period).
 set -euo pipefail
 
 P=${LAB_PREFIX:-dnsb}
@@ -82,16 +82,16 @@ ensure_packages() {
 	fi
 }
 
-# Waits (bounded) until "$@" succeeds.
+# Waits until "$@" succeeds, for at most $2 seconds.
 wait_for() {
-	local what=$1 tries=$2
+	local what=$1 limit=$2
 	shift 2
-	local i
-	for ((i = 0; i < tries; i++)); do
+	local deadline=$((SECONDS + limit))
+	while [ "$SECONDS" -lt "$deadline" ]; do
 		if "$@" >/dev/null 2>&1; then return 0; fi
 		sleep 0.2
 	done
-	die "$what did not come up (see $DIR/*.log)"
+	die "$what did not come up within ${limit}s (see $DIR/*.log)"
 }
 
 # Starts "$@" in namespace $2 in the background, pid in $DIR/$1.pid.
@@ -118,6 +118,15 @@ stop_pid() {
 		sleep 0.1
 	done
 	kill -KILL "$pid" 2>/dev/null || true
+}
+
+show_logs() {
+	local f
+	for f in "$DIR"/*.log; do
+		[ -s "$f" ] || continue
+		printf '=== %s\n' "$f" >&2
+		tail -n 20 "$f" >&2
+	done
 }
 
 cmd_down() {
@@ -305,7 +314,9 @@ cmd_up() {
 	done
 	mkdir -p "$DIR"
 	touch "$DIR/.dnsbridge-lab"
-	trap 'log "up failed; cleaning up"; cmd_down' ERR
+	# Whatever fails from here on (set -e, die), take everything down again.
+	UP_DONE=
+	trap 'if [ -z "$UP_DONE" ]; then log "up failed; cleaning up"; show_logs; cmd_down; fi' EXIT
 
 	for ns in "${ALL_NS[@]}"; do
 		ip netns add "$ns"
@@ -365,9 +376,10 @@ spec:
 EOF
 	if dnsbridge_supports_serve; then
 		local extra=()
-		[ -z "${DNSBRIDGE_GRACE:-}" ] || extra+=(--egress-grace "$DNSBRIDGE_GRACE")
+		# shellcheck disable=SC2206 # split on purpose
+		[ -z "${DNSBRIDGE_SERVE_ARGS:-}" ] || extra=(${DNSBRIDGE_SERVE_ARGS})
 		start_daemon proxy "$NS_HOST" "$DNSBRIDGE_BIN" serve --listen "$BRIDGE_IP:53" --listen 127.0.0.1:53 \
-			--upstream "$DNS_IP" --allow "$VM_CIDR" --config "$DIR/dnsbridge.yaml" --egress-set "$SET" "${extra[@]}"
+			--upstream "$DNS_IP" --allow "$VM_CIDR" --config "$DIR/dnsbridge.yaml" --egress-set "$SET" ${extra[@]+"${extra[@]}"}
 		echo proxy >"$DIR/dns-kind"
 	else
 		mkdir -p "$DIR/knot-standin"
@@ -377,14 +389,14 @@ EOF
 		echo standin >"$DIR/dns-kind"
 	fi
 
-	wait_for "the upstream DNS" 50 in_ns "$NS_HOST" kdig +time=1 +retry=0 @"$DNS_IP" "$PUBLIC_NAME" A
-	wait_for "the DNS on the host" 50 in_ns "$NS_HOST" kdig +time=1 +retry=0 @127.0.0.1 "$PRIVATE_NAME" A
-	wait_for "the registry" 50 in_ns "$NS_HOST" curl -sS --fail --max-time 2 --cacert "$DIR/ca.pem" \
+	wait_for "the upstream DNS" 10 in_ns "$NS_HOST" kdig +time=1 +retry=0 @"$DNS_IP" "$PUBLIC_NAME" A
+	wait_for "the DNS on the host" 10 in_ns "$NS_HOST" kdig +time=1 +retry=0 @127.0.0.1 "$PRIVATE_NAME" A
+	wait_for "the registry" 15 in_ns "$NS_HOST" curl -sS --fail --max-time 2 --cacert "$DIR/ca.pem" \
 		--resolve "$PRIVATE_NAME:443:$REG_IP" "https://$PRIVATE_NAME/v2/"
-	wait_for "the other host" 50 in_ns "$NS_HOST" curl -sS --fail --max-time 2 --cacert "$DIR/ca.pem" \
+	wait_for "the other host" 15 in_ns "$NS_HOST" curl -sS --fail --max-time 2 --cacert "$DIR/ca.pem" \
 		--resolve "$OTHER_NAME:443:$OTHER_IP" "https://$OTHER_NAME/v2/"
 	push_blob
-	trap - ERR
+	UP_DONE=1
 
 	log "up: $(cat "$DIR/dns-kind") DNS on $BRIDGE_IP:53; CA $DIR/ca.pem; blob lab/blob@$(cat "$DIR/blob.digest")"
 	if [ "$(cat "$DIR/dns-kind")" = standin ]; then

@@ -134,7 +134,7 @@ fn output_error(argv: &[String], out: &CommandOutput) -> EgressError {
     let stderr = out.stderr.trim().to_string();
     if crate::firewall::is_permission_error(&stderr) {
         EgressError::Permission { command, stderr }
-    } else if out.status == Some(127) || stderr.contains("No such file or directory") {
+    } else if crate::firewall::is_missing_program(out) {
         EgressError::MissingTool {
             tool: "ipset".into(),
         }

@@ -38,6 +38,8 @@ const SET: &str = "dnsbridge-registry";
 const LAB_TTL: u32 = 2;
 /// Grace period given to the egress set (ours, or the proxy's).
 const GRACE: u64 = 1;
+/// How the proxy is told the grace period (hook for the proxy's flag name).
+const PROXY_SERVE_ARGS: &str = "--egress-grace 1";
 const BLOB_KB: u64 = 512;
 
 fn skip_reason() -> Option<String> {
@@ -91,7 +93,7 @@ impl Lab {
         cmd.arg("up");
         if let Some(bin) = proxy {
             cmd.env("DNSBRIDGE_BIN", bin)
-                .env("DNSBRIDGE_GRACE", GRACE.to_string());
+                .env("DNSBRIDGE_SERVE_ARGS", PROXY_SERVE_ARGS);
         }
         let out = cmd.output().expect("run lab.sh");
         assert!(

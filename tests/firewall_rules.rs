@@ -46,7 +46,7 @@ fn print_default_plan() {
             "iptables -w -S CNI-ADMIN >/dev/null 2>&1 || iptables -w -N CNI-ADMIN",
             "iptables -w -I INPUT 1 -s 10.61.0.0/16 -d 10.61.0.1/32 -p udp -m udp --dport 53 -m comment --comment dnsbridge -j ACCEPT",
             "iptables -w -I INPUT 2 -s 10.61.0.0/16 -d 10.61.0.1/32 -p tcp -m tcp --dport 53 -m comment --comment dnsbridge -j ACCEPT",
-            "iptables -w -I CNI-ADMIN 1 -s 10.61.0.0/16 -m conntrack --ctstate ESTABLISHED -m comment --comment dnsbridge -j ACCEPT",
+            "iptables -w -I CNI-ADMIN 1 -s 10.61.0.0/16 -m conntrack --ctstate ESTABLISHED --ctdir ORIGINAL -m comment --comment dnsbridge -j ACCEPT",
             "iptables -w -I CNI-ADMIN 2 -s 10.61.0.0/16 -p tcp -m tcp --dport 443 -m set --match-set dnsbridge-registry dst -m comment --comment dnsbridge -j ACCEPT",
         ]
     );
@@ -83,7 +83,7 @@ fn print_with_static_destinations_ports_and_dns_addresses() {
             "-A INPUT -s 10.61.0.0/16 -d 10.61.0.1/32 -p tcp -m tcp --dport 53 -m comment --comment dnsbridge -j ACCEPT",
             "-A INPUT -s 10.61.0.0/16 -d 10.128.0.5/32 -p udp -m udp --dport 53 -m comment --comment dnsbridge -j ACCEPT",
             "-A INPUT -s 10.61.0.0/16 -d 10.128.0.5/32 -p tcp -m tcp --dport 53 -m comment --comment dnsbridge -j ACCEPT",
-            "-A CNI-ADMIN -s 10.61.0.0/16 -m conntrack --ctstate ESTABLISHED -m comment --comment dnsbridge -j ACCEPT",
+            "-A CNI-ADMIN -s 10.61.0.0/16 -m conntrack --ctstate ESTABLISHED --ctdir ORIGINAL -m comment --comment dnsbridge -j ACCEPT",
             "-A CNI-ADMIN -s 10.61.0.0/16 -p tcp -m tcp --dport 443 -m set --match-set reg dst -m comment --comment dnsbridge -j ACCEPT",
             "-A CNI-ADMIN -s 10.61.0.0/16 -p tcp -m tcp --dport 5000 -m set --match-set reg dst -m comment --comment dnsbridge -j ACCEPT",
             "-A CNI-ADMIN -s 10.61.0.0/16 -d 10.0.0.9/32 -p tcp -m tcp --dport 443 -m comment --comment dnsbridge -j ACCEPT",
@@ -378,7 +378,7 @@ fn apply_is_idempotent_and_remove_restores() {
     assert!(input[3].ends_with("-j DROP"));
     let admin = net.chain_rules("CNI-ADMIN");
     assert!(
-        admin[0].contains("--ctstate ESTABLISHED -m comment"),
+        admin[0].contains("--ctstate ESTABLISHED --ctdir ORIGINAL -m comment"),
         "{admin:#?}"
     );
     assert!(admin[1].contains("--match-set dnsbridge-registry dst"));

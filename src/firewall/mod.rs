@@ -6,9 +6,9 @@
 //! ahead of those drops and tagged `-m comment --comment dnsbridge`:
 //!
 //! - `INPUT`: UDP and TCP 53 from the microVM subnet to the proxy's address(es);
-//! - `CNI-ADMIN`: an accept for established connections from the microVM
-//!   subnet (a transfer outlives the set entry that opened it, nothing new is
-//!   opened by it);
+//! - `CNI-ADMIN`: an accept for established connections that the microVM
+//!   subnet opened (`--ctstate ESTABLISHED --ctdir ORIGINAL`): a transfer
+//!   outlives the set entry that opened it; nothing new is opened by it;
 //! - `CNI-ADMIN`: TCP to the registry ports for addresses in the ipset
 //!   (`-m set --match-set SET dst`), which `serve` fills with the addresses it
 //!   resolved for routed names (entry timeout = TTL + grace);
@@ -167,12 +167,11 @@ impl FirewallError {
         let stderr = out.stderr.trim().to_string();
         if is_permission_error(&stderr) {
             FirewallError::Permission { command, stderr }
-        } else if out.status == Some(127) || stderr.contains("No such file or directory") {
-            // `ip netns exec` reports a missing program this way.
+        } else if is_missing_program(out) {
             FirewallError::MissingTool {
                 tool: command
                     .split(' ')
-                    .find(|w| w.contains("tables") || *w == "ipset")
+                    .find(|w| w.ends_with("tables") || *w == "ipset")
                     .unwrap_or(&command)
                     .to_string(),
             }
@@ -184,6 +183,14 @@ impl FirewallError {
             }
         }
     }
+}
+
+/// A program that could not be started behind a prefix (`ip netns exec`
+/// prints `exec of "iptables" failed: No such file or directory`; a shell
+/// exits 127).
+pub(crate) fn is_missing_program(out: &CommandOutput) -> bool {
+    out.status == Some(127)
+        || (out.stderr.contains("exec of ") && out.stderr.contains("No such file or directory"))
 }
 
 pub(crate) fn is_permission_error(stderr: &str) -> bool {

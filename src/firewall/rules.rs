@@ -331,9 +331,22 @@ impl Plan {
                 );
             }
         }
+        // Packets of connections the microVM itself opened (original
+        // direction), once established: a transfer outlives the set entry that
+        // let it start. Never a new connection, and not the microVM's replies
+        // to connections from elsewhere, which the executor did not allow.
         push(
             ADMIN_CHAIN,
-            strings(&["-s", &src, "-m", "conntrack", "--ctstate", "ESTABLISHED"]),
+            strings(&[
+                "-s",
+                &src,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED",
+                "--ctdir",
+                "ORIGINAL",
+            ]),
         );
         let set = self.matched_set();
         for port in &self.ports {
