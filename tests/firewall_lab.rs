@@ -227,6 +227,28 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the lab looked like when the test failed.
+            if let Ok(out) = self.script().arg("status").output() {
+                eprintln!(
+                    "--- lab.sh status\n{}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+            if let Ok(dir) = std::fs::read_dir(&self.dir) {
+                for entry in dir.flatten() {
+                    let path = entry.path();
+                    if path.extension().is_some_and(|e| e == "log") {
+                        let text = std::fs::read_to_string(&path).unwrap_or_default();
+                        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                        eprintln!("--- {}", path.display());
+                        for line in tail.iter().rev() {
+                            eprintln!("{line}");
+                        }
+                    }
+                }
+            }
+        }
         let out = self.script().arg("down").output();
         if !matches!(&out, Ok(o) if o.status.success()) {
             eprintln!("lab.sh down failed: {out:?}");
