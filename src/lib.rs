@@ -11,6 +11,8 @@ pub mod cache;
 pub mod check;
 pub mod config;
 pub mod core;
+pub mod egress;
+pub mod firewall;
 pub mod name;
 pub mod net;
 pub mod privdrop;
