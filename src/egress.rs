@@ -59,9 +59,7 @@ pub fn validate_set_name(name: &str) -> Result<(), String> {
         ));
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
         return Err(format!(
             "set name {name:?} may only hold letters, digits, '-', '_' and '.', starting with a letter or digit"
@@ -79,8 +77,8 @@ pub fn create_set_commands(set_v4: &str) -> Vec<Vec<String>> {
         .map(|(name, family)| {
             let maxelem = SET_MAXELEM.to_string();
             [
-                "ipset", "create", &name, "hash:ip", "family", family, "hashsize", "1024",
-                "maxelem", &maxelem, "timeout", "0", "-exist",
+                "ipset", "create", &name, "hash:ip", "family", family, "hashsize", "1024", "maxelem", &maxelem,
+                "timeout", "0", "-exist",
             ]
             .map(String::from)
             .to_vec()
@@ -99,27 +97,17 @@ pub enum EgressError {
     #[error(
         "set {set} exists with other parameters ({found}); it must be hash:ip, family {family}, with timeouts: destroy it or choose another set name"
     )]
-    Incompatible {
-        set: String,
-        family: String,
-        found: String,
-    },
+    Incompatible { set: String, family: String, found: String },
     #[error("`{command}` failed: {stderr}")]
     Command { command: String, stderr: String },
     #[error("the egress set needs a running tokio runtime")]
     NoRuntime,
 }
 
-fn run_cmd(
-    runner: &dyn Runner,
-    argv: &[String],
-    stdin: Option<&[u8]>,
-) -> Result<CommandOutput, EgressError> {
+fn run_cmd(runner: &dyn Runner, argv: &[String], stdin: Option<&[u8]>) -> Result<CommandOutput, EgressError> {
     runner.run(argv, stdin).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            EgressError::MissingTool {
-                tool: argv[0].clone(),
-            }
+            EgressError::MissingTool { tool: argv[0].clone() }
         } else {
             EgressError::Command {
                 command: shell_line(argv),
@@ -135,9 +123,7 @@ fn output_error(argv: &[String], out: &CommandOutput) -> EgressError {
     if crate::firewall::is_permission_error(&stderr) {
         EgressError::Permission { command, stderr }
     } else if crate::firewall::is_missing_program(out) {
-        EgressError::MissingTool {
-            tool: "ipset".into(),
-        }
+        EgressError::MissingTool { tool: "ipset".into() }
     } else {
         EgressError::Command { command, stderr }
     }
@@ -153,9 +139,7 @@ pub fn ensure_sets(runner: &dyn Runner, set_v4: &str) -> Result<(), EgressError>
             continue;
         }
         let name = &argv[2];
-        let list_argv: Vec<String> = ["ipset", "list", "-t", name.as_str()]
-            .map(String::from)
-            .to_vec();
+        let list_argv: Vec<String> = ["ipset", "list", "-t", name.as_str()].map(String::from).to_vec();
         let listing = run_cmd(runner, &list_argv, None)?;
         if !listing.success() {
             return Err(output_error(argv, &out));
@@ -237,11 +221,7 @@ struct Known {
 }
 
 enum Msg {
-    Add {
-        ip: IpAddr,
-        timeout: u64,
-        until_ms: u64,
-    },
+    Add { ip: IpAddr, timeout: u64, until_ms: u64 },
     Flush(oneshot::Sender<()>),
 }
 
@@ -429,20 +409,10 @@ impl EgressSet {
         }
         // Sent under the lock: the queue's order is the order of `until_ms`
         // for each address, so the kernel only ever sees timeouts grow.
-        match self.tx.try_send(Msg::Add {
-            ip,
-            timeout,
-            until_ms,
-        }) {
+        match self.tx.try_send(Msg::Add { ip, timeout, until_ms }) {
             Ok(()) => {
                 let confirmed = prev.is_some_and(|k| k.confirmed && k.until_ms > now);
-                known.insert(
-                    ip,
-                    Known {
-                        until_ms,
-                        confirmed,
-                    },
-                );
+                known.insert(ip, Known { until_ms, confirmed });
                 Admit::Queued
             }
             Err(_) => {
@@ -455,8 +425,7 @@ impl EgressSet {
 
 /// Addresses worth opening: unicast addresses of other hosts.
 fn wanted(ip: &IpAddr) -> bool {
-    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast())
-        && *ip != IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
+    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast()) && *ip != IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
 }
 
 struct Update {
@@ -491,40 +460,24 @@ async fn apply_batch(shared: &Arc<Shared>, runner: &Arc<dyn Runner>, batch: Vec<
     let mut flushes = Vec::new();
     for msg in batch {
         match msg {
-            Msg::Add {
-                ip,
-                timeout,
-                until_ms,
-            } => updates.push(Update {
-                ip,
-                timeout,
-                until_ms,
-            }),
+            Msg::Add { ip, timeout, until_ms } => updates.push(Update { ip, timeout, until_ms }),
             Msg::Flush(tx) => flushes.push(tx),
         }
     }
     if !updates.is_empty() {
         let lines: Vec<String> = updates
             .iter()
-            .map(|u| {
-                format!(
-                    "add {} {} timeout {}",
-                    shared.set_for(&u.ip),
-                    u.ip,
-                    u.timeout
-                )
-            })
+            .map(|u| format!("add {} {} timeout {}", shared.set_for(&u.ip), u.ip, u.timeout))
             .collect();
         let set_v4 = shared.set_v4.clone();
         let runner = runner.clone();
-        let outcome =
-            tokio::task::spawn_blocking(move || restore(runner.as_ref(), &set_v4, &lines))
-                .await
-                .unwrap_or_else(|e| Outcome {
-                    written: Vec::new(),
-                    failed: Vec::new(),
-                    error: Some(format!("the ipset task panicked: {e}")),
-                });
+        let outcome = tokio::task::spawn_blocking(move || restore(runner.as_ref(), &set_v4, &lines))
+            .await
+            .unwrap_or_else(|e| Outcome {
+                written: Vec::new(),
+                failed: Vec::new(),
+                error: Some(format!("the ipset task panicked: {e}")),
+            });
         let mut known = shared.known();
         for &i in &outcome.written {
             if let Some(k) = known.get_mut(&updates[i].ip) {
@@ -534,12 +487,8 @@ async fn apply_batch(shared: &Arc<Shared>, runner: &Arc<dyn Runner>, batch: Vec<
         let mut failed = outcome.failed.clone();
         if outcome.error.is_some() {
             // Lines never attempted count as failed too.
-            let done: std::collections::HashSet<usize> = outcome
-                .written
-                .iter()
-                .chain(&outcome.failed)
-                .copied()
-                .collect();
+            let done: std::collections::HashSet<usize> =
+                outcome.written.iter().chain(&outcome.failed).copied().collect();
             failed.extend((0..updates.len()).filter(|i| !done.contains(i)));
         }
         for &i in &failed {
@@ -551,14 +500,10 @@ async fn apply_batch(shared: &Arc<Shared>, runner: &Arc<dyn Runner>, batch: Vec<
             }
         }
         drop(known);
-        shared
-            .added
-            .fetch_add(outcome.written.len() as u64, Ordering::Relaxed);
+        shared.added.fetch_add(outcome.written.len() as u64, Ordering::Relaxed);
         if let Some(err) = &outcome.error {
             shared.failures.fetch_add(1, Ordering::Relaxed);
-            shared
-                .failed_entries
-                .fetch_add(failed.len() as u64, Ordering::Relaxed);
+            shared.failed_entries.fetch_add(failed.len() as u64, Ordering::Relaxed);
             tracing::warn!(
                 set = %shared.set_v4,
                 written = outcome.written.len(),

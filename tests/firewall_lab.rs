@@ -230,10 +230,7 @@ impl Drop for Lab {
         if std::thread::panicking() {
             // What the lab looked like when the test failed.
             if let Ok(out) = self.script().arg("status").output() {
-                eprintln!(
-                    "--- lab.sh status\n{}",
-                    String::from_utf8_lossy(&out.stdout)
-                );
+                eprintln!("--- lab.sh status\n{}", String::from_utf8_lossy(&out.stdout));
             }
             if let Ok(dir) = std::fs::read_dir(&self.dir) {
                 for entry in dir.flatten() {
@@ -327,14 +324,12 @@ impl Proxy {
                     .filter(|l| !l.starts_with(';'))
                     .find_map(|l| {
                         let w: Vec<&str> = l.split_whitespace().collect();
-                        (w.len() == 5 && w[3] == "A")
-                            .then(|| (w[4].to_string(), w[1].parse::<u32>().unwrap()))
+                        (w.len() == 5 && w[3] == "A").then(|| (w[4].to_string(), w[1].parse::<u32>().unwrap()))
                     })
                     .expect("the upstream answers the public name");
                 // ...records the addresses before answering...
                 let addr: IpAddr = ip.parse().unwrap();
-                let opened =
-                    _rt.block_on(set.record_and_wait(&[(addr, ttl)], Duration::from_secs(2)));
+                let opened = _rt.block_on(set.record_and_wait(&[(addr, ttl)], Duration::from_secs(2)));
                 assert!(opened, "the egress set took {addr}");
                 // ...and the microVM connects to what it was told.
                 lab.https_from_vm(PRIVATE_NAME, &ip)
@@ -346,9 +341,9 @@ impl Proxy {
     fn pin(&self, ip: &str, ttl: u32) -> bool {
         match self {
             Proxy::Real => false,
-            Proxy::Emulated { set, _rt } => _rt.block_on(
-                set.record_and_wait(&[(ip.parse().unwrap(), ttl)], Duration::from_secs(2)),
-            ),
+            Proxy::Emulated { set, _rt } => {
+                _rt.block_on(set.record_and_wait(&[(ip.parse().unwrap(), ttl)], Duration::from_secs(2)))
+            }
         }
     }
 
@@ -365,20 +360,14 @@ fn lab_end_to_end() {
     skip_unless_lab!();
     let bin = proxy_binary();
     if bin.is_none() {
-        eprintln!(
-            "note: dnsbridge has no `serve --egress-set` yet: stand-in DNS, set filled by the test"
-        );
+        eprintln!("note: dnsbridge has no `serve --egress-set` yet: stand-in DNS, set filled by the test");
     }
     let lab = Lab::up("dnsbt", bin.as_deref());
     let host = lab.runner();
 
     // The lab works, seen from the host itself (its own traffic is not
     // filtered): so every failure below is the firewall's doing.
-    for (name, ip) in [
-        (PRIVATE_NAME, REG_IP),
-        (PRIVATE_NAME, REG_IP2),
-        (OTHER_NAME, OTHER_IP),
-    ] {
+    for (name, ip) in [(PRIVATE_NAME, REG_IP), (PRIVATE_NAME, REG_IP2), (OTHER_NAME, OTHER_IP)] {
         let resolve = format!("{name}:443:{ip}");
         let url = format!("https://{name}/v2/");
         let out = lab.host(&[
@@ -414,11 +403,7 @@ fn lab_end_to_end() {
         None,
         "TCP DNS before apply"
     );
-    assert_eq!(
-        lab.https_from_vm(PRIVATE_NAME, REG_IP),
-        None,
-        "registry before apply"
-    );
+    assert_eq!(lab.https_from_vm(PRIVATE_NAME, REG_IP), None, "registry before apply");
 
     // Apply (through the same entry point as the CLI), twice.
     let plan = Plan::build(
@@ -466,11 +451,7 @@ fn lab_end_to_end() {
 
     // Resolve and fetch: the registry answers with its TLS for the private name.
     let opened_at = Instant::now();
-    assert_eq!(
-        proxy.resolve_and_fetch(&lab),
-        Some(200),
-        "registry after resolving"
-    );
+    assert_eq!(proxy.resolve_and_fetch(&lab), Some(200), "registry after resolving");
     assert!(lab.in_set(REG_IP));
 
     // At once, a slow transfer that lasts well past the entry's expiry.
@@ -485,8 +466,7 @@ fn lab_end_to_end() {
     let shaped = lab.exec(
         "reg",
         &[
-            "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", &rate, "burst", "16kb",
-            "latency", "1s",
+            "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", &rate, "burst", "16kb", "latency", "1s",
         ],
     );
     assert!(
@@ -523,11 +503,7 @@ fn lab_end_to_end() {
 
     // Nothing else opened: not the other host, not the registry's other address.
     assert_eq!(lab.https_from_vm(OTHER_NAME, OTHER_IP), None, "other host");
-    assert_eq!(
-        lab.https_from_vm(PRIVATE_NAME, REG_IP2),
-        None,
-        "address not in the set"
-    );
+    assert_eq!(lab.https_from_vm(PRIVATE_NAME, REG_IP2), None, "address not in the set");
 
     // The entry expires while the transfer runs; the transfer completes.
     assert!(
@@ -561,16 +537,9 @@ fn lab_end_to_end() {
         (BLOB_KB * 1024).to_string()
     );
     // A new connection to the expired address is dropped.
-    assert_eq!(
-        lab.https_from_vm(PRIVATE_NAME, REG_IP),
-        None,
-        "expired address closed"
-    );
+    assert_eq!(lab.https_from_vm(PRIVATE_NAME, REG_IP), None, "expired address closed");
     if let Some(st) = proxy.stats() {
-        assert!(
-            st.expired >= 1 && st.added >= 1 && st.failures == 0,
-            "{st:?}"
-        );
+        assert!(st.expired >= 1 && st.added >= 1 && st.failures == 0, "{st:?}");
     }
 
     // The registry's address changes in the upstream zone: the new one opens
@@ -591,29 +560,18 @@ fn lab_end_to_end() {
         eventually(limit, || !lab.in_set(REG_IP)),
         "the old address's entry is gone"
     );
-    assert_eq!(
-        lab.https_from_vm(PRIVATE_NAME, REG_IP),
-        None,
-        "old address closed"
-    );
+    assert_eq!(lab.https_from_vm(PRIVATE_NAME, REG_IP), None, "old address closed");
 
     // The executor's own save and restore keep the meaning.
     let saved_path = lab.dir.join("saved.rules");
-    let save_cmd = format!(
-        "iptables-save > {0} && iptables-restore < {0}",
-        saved_path.display()
-    );
+    let save_cmd = format!("iptables-save > {0} && iptables-restore < {0}", saved_path.display());
     let out = lab.host(&["sh", "-c", &save_cmd]);
     assert!(
         out.status.success(),
         "save/restore: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        lab.save(),
-        applied,
-        "the ruleset reads the same after save and restore"
-    );
+    assert_eq!(lab.save(), applied, "the ruleset reads the same after save and restore");
     assert!(
         lab.dig_from_vm(BRIDGE_IP, PRIVATE_NAME, false).is_some(),
         "DNS after restore"
@@ -671,10 +629,7 @@ struct Netns(String);
 impl Netns {
     fn new(name: &str) -> Netns {
         let _ = Command::new("ip").args(["netns", "del", name]).output();
-        let out = Command::new("ip")
-            .args(["netns", "add", name])
-            .output()
-            .unwrap();
+        let out = Command::new("ip").args(["netns", "add", name]).output().unwrap();
         assert!(out.status.success(), "ip netns add {name}");
         Netns(name.to_string())
     }
@@ -730,11 +685,7 @@ fn apply_before_cni_admin_exists() {
     assert!(apply::apply(&plan, &runner).unwrap().unchanged());
     let r = firewall::remove_all(&plan, &runner).unwrap();
     assert!(r.chain_deleted);
-    assert_eq!(
-        ns.save(),
-        empty,
-        "apply + remove on a bare host leaves nothing"
-    );
+    assert_eq!(ns.save(), empty, "apply + remove on a bare host leaves nothing");
 
     // Apply first, then CNI and the executor arrive: CNI tolerates the chain
     // and links it, the executor appends its drops behind our accepts.

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use dnsbridge::egress::{EgressOptions, EgressSet};
-use dnsbridge::firewall::{
-    self, CommandOutput, FirewallArgs, Mode, Plan, Runner, apply, rules::Family,
-};
+use dnsbridge::firewall::{self, CommandOutput, FirewallArgs, Mode, Plan, Runner, apply, rules::Family};
 
 #[derive(Parser)]
 struct Cli {
@@ -60,13 +58,7 @@ fn print_with_static_destinations_ports_and_dns_addresses() {
     );
     let plan = Plan::new(
         &a,
-        &ips(&[
-            "10.0.0.9",
-            "2001:db8::1",
-            "10.61.3.3",
-            "10.0.0.9",
-            "127.0.0.1",
-        ]),
+        &ips(&["10.0.0.9", "2001:db8::1", "10.61.3.3", "10.0.0.9", "127.0.0.1"]),
     )
     .unwrap();
     assert_eq!(plan.static_ips, ips(&["10.0.0.9"]));
@@ -91,9 +83,7 @@ fn print_with_static_destinations_ports_and_dns_addresses() {
         ]
     );
     // The script inserts each chain's rules at positions 1, 2, ... in order.
-    assert!(script.contains(
-        "iptables -w -I CNI-ADMIN 5 -s 10.61.0.0/16 -d 10.0.0.9/32 -p tcp -m tcp --dport 5000"
-    ));
+    assert!(script.contains("iptables -w -I CNI-ADMIN 5 -s 10.61.0.0/16 -d 10.0.0.9/32 -p tcp -m tcp --dport 5000"));
 }
 
 #[test]
@@ -119,10 +109,7 @@ fn flag_errors() {
         Cli::try_parse_from(argv).map(|c| c.fw)
     };
     assert!(parse("").is_err(), "a mode is required");
-    assert!(
-        parse("--print --apply").is_err(),
-        "modes exclude each other"
-    );
+    assert!(parse("--print --apply").is_err(), "modes exclude each other");
     assert!(parse("--apply --ports 0").is_err());
     assert!(parse("--apply --ports 443,x").is_err());
     assert!(parse("--apply --vm-cidr 10.61.0.0").is_err());
@@ -193,8 +180,7 @@ impl FakeNet {
 
     fn bare() -> FakeNet {
         let net = FakeNet::default();
-        net.state.lock().unwrap().chains =
-            ["INPUT", "FORWARD", "OUTPUT"].map(String::from).to_vec();
+        net.state.lock().unwrap().chains = ["INPUT", "FORWARD", "OUTPUT"].map(String::from).to_vec();
         net
     }
 
@@ -214,10 +200,7 @@ impl FakeNet {
 
     fn push_rule(&self, chain: &str, spec: &str, front: bool) {
         let mut s = self.state.lock().unwrap();
-        let rule = (
-            chain.to_string(),
-            spec.split(' ').map(String::from).collect(),
-        );
+        let rule = (chain.to_string(), spec.split(' ').map(String::from).collect());
         if front {
             s.rules.insert(0, rule);
         } else {
@@ -241,9 +224,7 @@ impl Runner for FakeNet {
                     .collect::<Vec<_>>()
                     .join(" ");
                 match s.sets.get(*name) {
-                    Some(p) if *p != params => {
-                        fail("Set cannot be created: set with the same name already exists")
-                    }
+                    Some(p) if *p != params => fail("Set cannot be created: set with the same name already exists"),
                     _ => {
                         s.sets.insert(name.to_string(), params);
                         Ok(CommandOutput::ok(""))
@@ -262,13 +243,7 @@ impl Runner for FakeNet {
                 for (c, r) in &s.rules {
                     let words: Vec<String> = r
                         .iter()
-                        .map(|w| {
-                            if w.contains(' ') {
-                                format!("\"{w}\"")
-                            } else {
-                                w.clone()
-                            }
-                        })
+                        .map(|w| if w.contains(' ') { format!("\"{w}\"") } else { w.clone() })
                         .collect();
                     out.push_str(&format!("-A {c} {}\n", words.join(" ")));
                 }
@@ -282,48 +257,34 @@ impl Runner for FakeNet {
                 Ok(CommandOutput::ok(""))
             }
             ["iptables", "-w", "-X", chain] => {
-                if s.rules
-                    .iter()
-                    .any(|(c, r)| c == chain || r.iter().any(|w| w == chain))
-                {
+                if s.rules.iter().any(|(c, r)| c == chain || r.iter().any(|w| w == chain)) {
                     return fail("iptables: Directory not empty.");
                 }
                 s.chains.retain(|c| c != chain);
                 Ok(CommandOutput::ok(""))
             }
-            [
-                "iptables",
-                "-w",
-                action @ ("-C" | "-D" | "-I"),
-                chain,
-                rest @ ..,
-            ] => {
+            ["iptables", "-w", action @ ("-C" | "-D" | "-I"), chain, rest @ ..] => {
                 if !s.chains.iter().any(|c| c == chain) {
                     return fail("iptables: No chain/target/match by that name.");
                 }
-                let (pos, spec) =
-                    match (*action, rest.first().and_then(|w| w.parse::<usize>().ok())) {
-                        ("-I", Some(p)) => (p, &rest[1..]),
-                        ("-I", None) => (1, rest),
-                        _ => (0, rest),
-                    };
+                let (pos, spec) = match (*action, rest.first().and_then(|w| w.parse::<usize>().ok())) {
+                    ("-I", Some(p)) => (p, &rest[1..]),
+                    ("-I", None) => (1, rest),
+                    _ => (0, rest),
+                };
                 let spec: Vec<String> = spec.iter().map(|w| w.to_string()).collect();
                 let found = s.rules.iter().position(|(c, r)| c == chain && *r == spec);
                 match *action {
                     "-C" => match found {
                         Some(_) => Ok(CommandOutput::ok("")),
-                        None => {
-                            fail("iptables: Bad rule (does a matching rule exist in that chain?).")
-                        }
+                        None => fail("iptables: Bad rule (does a matching rule exist in that chain?)."),
                     },
                     "-D" => match found {
                         Some(i) => {
                             s.rules.remove(i);
                             Ok(CommandOutput::ok(""))
                         }
-                        None => {
-                            fail("iptables: Bad rule (does a matching rule exist in that chain?).")
-                        }
+                        None => fail("iptables: Bad rule (does a matching rule exist in that chain?)."),
                     },
                     _ => {
                         // Position `pos` within the chain -> index in the table.
@@ -441,11 +402,7 @@ fn works_without_cni_admin_and_remove_takes_the_chain_back() {
     }
     net.push_rule("FORWARD", "-j CNI-FORWARD", false);
     net.push_rule("CNI-FORWARD", "-j CNI-ADMIN", false);
-    net.push_rule(
-        "CNI-ADMIN",
-        "-s 10.61.0.0/16 -d 10.0.0.0/8 -p tcp -j DROP",
-        false,
-    );
+    net.push_rule("CNI-ADMIN", "-s 10.61.0.0/16 -d 10.0.0.0/8 -p tcp -j DROP", false);
     assert!(apply::apply(&p, &net).unwrap().unchanged());
     let r = firewall::remove_all(&p, &net).unwrap();
     assert!(!r.chain_deleted, "CNI uses the chain now");
@@ -471,16 +428,9 @@ fn an_incompatible_existing_set_is_an_error() {
         .sets
         .insert("dnsbridge-registry".into(), "hash:net family inet".into());
     let err = apply::apply(&plan("--apply", &[]), &net).unwrap_err();
-    assert!(
-        err.to_string().contains("exists with other parameters"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("exists with other parameters"), "{err}");
     assert_eq!(err.exit_code(), firewall::EXIT_FAILED);
-    assert!(
-        net.chain_rules("INPUT")
-            .iter()
-            .all(|r| !r.contains("dnsbridge"))
-    );
+    assert!(net.chain_rules("INPUT").iter().all(|r| !r.contains("dnsbridge")));
 
     // Other sizes are fine: same type, family and timeouts.
     let net = FakeNet::executor();
@@ -551,7 +501,10 @@ fn egress_dedupes_and_only_grows_timeouts() {
         // A longer TTL grows the timeout.
         assert!(set.record_and_wait(&[(a, 300)], Duration::from_secs(5)).await);
         // A v4-mapped address counts as the IPv4 one.
-        assert!(set.record_and_wait(&[("::ffff:10.200.0.10".parse().unwrap(), 30)], Duration::from_secs(5)).await);
+        assert!(
+            set.record_and_wait(&[("::ffff:10.200.0.10".parse().unwrap(), 30)], Duration::from_secs(5))
+                .await
+        );
         let all = fake.restores.lock().unwrap().concat();
         assert_eq!(
             all,
@@ -574,10 +527,7 @@ fn egress_timeout_is_never_zero_and_failures_are_counted() {
         *fake.fail_next.lock().unwrap() = 1;
         assert!(!set.record_and_wait(&[(a, 0)], Duration::from_secs(5)).await);
         let st = set.stats();
-        assert_eq!(
-            (st.failures, st.failed_entries, st.added, st.live),
-            (1, 1, 0, 0)
-        );
+        assert_eq!((st.failures, st.failed_entries, st.added, st.live), (1, 1, 0, 0));
         // Forgotten after the failure, so the next answer tries again.
         assert!(set.record_and_wait(&[(a, 0)], Duration::from_secs(5)).await);
         assert_eq!(
@@ -596,11 +546,6 @@ fn egress_timeout_is_never_zero_and_failures_are_counted() {
 
 #[test]
 fn egress_needs_a_runtime() {
-    let err = EgressSet::start("reg".into(), Duration::from_secs(1))
-        .err()
-        .unwrap();
-    assert!(
-        matches!(err, dnsbridge::egress::EgressError::NoRuntime),
-        "{err}"
-    );
+    let err = EgressSet::start("reg".into(), Duration::from_secs(1)).err().unwrap();
+    assert!(matches!(err, dnsbridge::egress::EgressError::NoRuntime), "{err}");
 }

@@ -61,18 +61,14 @@ impl Table {
     }
 
     pub fn rules_in<'a>(&'a self, chain: &'a str) -> impl Iterator<Item = &'a Vec<String>> + 'a {
-        self.rules
-            .iter()
-            .filter(move |(c, _)| c == chain)
-            .map(|(_, s)| s)
+        self.rules.iter().filter(move |(c, _)| c == chain).map(|(_, s)| s)
     }
 
     /// Whether any rule jumps (or goes) to `chain`.
     pub fn is_referenced(&self, chain: &str) -> bool {
-        self.rules.iter().any(|(_, spec)| {
-            spec.windows(2)
-                .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == chain)
-        })
+        self.rules
+            .iter()
+            .any(|(_, spec)| spec.windows(2).any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == chain))
     }
 }
 
@@ -116,8 +112,7 @@ pub fn split_words(line: &str) -> Vec<String> {
 
 /// Whether a rule carries our tag.
 pub fn is_ours(spec: &[String]) -> bool {
-    spec.windows(2)
-        .any(|w| w[0] == "--comment" && w[1] == COMMENT)
+    spec.windows(2).any(|w| w[0] == "--comment" && w[1] == COMMENT)
 }
 
 fn is_drop(spec: &[String]) -> bool {
@@ -132,12 +127,7 @@ fn normalize(spec: &[String]) -> Vec<String> {
     let mut i = 0;
     while i < spec.len() {
         let w = &spec[i];
-        if w == "-m"
-            && matches!(
-                spec.get(i + 1).map(String::as_str),
-                Some("tcp") | Some("udp")
-            )
-        {
+        if w == "-m" && matches!(spec.get(i + 1).map(String::as_str), Some("tcp") | Some("udp")) {
             i += 2;
             continue;
         }
@@ -172,9 +162,7 @@ fn exec(runner: &dyn Runner, argv: Vec<String>) -> Result<CommandOutput, Firewal
     let line = shell_line(&argv);
     match runner.run(&argv, None) {
         Ok(out) => Ok(out),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(FirewallError::MissingTool {
-            tool: argv[0].clone(),
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(FirewallError::MissingTool { tool: argv[0].clone() }),
         Err(e) => Err(FirewallError::Io {
             command: line,
             source: e,
@@ -211,9 +199,7 @@ pub fn list(runner: &dyn Runner, family: Family) -> Result<Table, FirewallError>
 pub fn apply(plan: &Plan, runner: &dyn Runner) -> Result<Report, FirewallError> {
     let mut report = Report::default();
     for (ip, why) in &plan.skipped {
-        report
-            .lines
-            .push(format!("# skipped route destination {ip}: {why}"));
+        report.lines.push(format!("# skipped route destination {ip}: {why}"));
     }
     egress::ensure_sets(runner, &plan.set)?;
 
@@ -286,9 +272,7 @@ pub fn apply(plan: &Plan, runner: &dyn Runner) -> Result<Report, FirewallError> 
             }
             exec_ok(runner, ipt_argv(family, rule.argv("-I", Some(1))))?;
             report.added += 1;
-            report
-                .lines
-                .push(format!("+ {}", rule.command("-I", Some(1))));
+            report.lines.push(format!("+ {}", rule.command("-I", Some(1))));
         }
     }
     Ok(report)
@@ -340,9 +324,7 @@ mod tests {
     #[test]
     fn split_quoted() {
         assert_eq!(
-            split_words(
-                r#"-A FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD"#
-            ),
+            split_words(r#"-A FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD"#),
             vec![
                 "-A",
                 "FORWARD",
@@ -354,10 +336,7 @@ mod tests {
                 "CNI-FORWARD"
             ]
         );
-        assert_eq!(
-            split_words(r#"a "b \"c\"" "" d"#),
-            vec!["a", "b \"c\"", "", "d"]
-        );
+        assert_eq!(split_words(r#"a "b \"c\"" "" d"#), vec!["a", "b \"c\"", "", "d"]);
     }
 
     #[test]

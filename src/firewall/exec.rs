@@ -106,11 +106,7 @@ impl Runner for SystemRunner {
         };
         let mut child = Command::new(program)
             .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("LC_ALL", "C")
@@ -172,10 +168,7 @@ fn join_reader(handle: thread::JoinHandle<String>) -> String {
 /// Renders an argv as one shell line (for messages and `--print`). Arguments
 /// with characters outside a safe set are single-quoted.
 pub fn shell_line(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| shell_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ")
+    argv.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
 }
 
 pub fn shell_quote(arg: &str) -> String {

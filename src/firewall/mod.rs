@@ -136,10 +136,7 @@ pub enum FirewallError {
         stderr: String,
     },
     #[error("running `{command}`: {source}")]
-    Io {
-        command: String,
-        source: std::io::Error,
-    },
+    Io { command: String, source: std::io::Error },
     #[error(transparent)]
     Egress(#[from] EgressError),
 }
@@ -149,15 +146,11 @@ impl FirewallError {
     pub fn exit_code(&self) -> u8 {
         match self {
             FirewallError::Usage(_) => EXIT_USAGE,
-            FirewallError::MissingTool { .. } | FirewallError::Permission { .. } => {
-                EXIT_PREREQUISITE
-            }
+            FirewallError::MissingTool { .. } | FirewallError::Permission { .. } => EXIT_PREREQUISITE,
             FirewallError::Command { .. } | FirewallError::Io { .. } => EXIT_FAILED,
             FirewallError::Egress(e) => match e {
                 EgressError::InvalidSetName(_) => EXIT_USAGE,
-                EgressError::MissingTool { .. } | EgressError::Permission { .. } => {
-                    EXIT_PREREQUISITE
-                }
+                EgressError::MissingTool { .. } | EgressError::Permission { .. } => EXIT_PREREQUISITE,
                 _ => EXIT_FAILED,
             },
         }
@@ -189,8 +182,7 @@ impl FirewallError {
 /// prints `exec of "iptables" failed: No such file or directory`; a shell
 /// exits 127).
 pub(crate) fn is_missing_program(out: &CommandOutput) -> bool {
-    out.status == Some(127)
-        || (out.stderr.contains("exec of ") && out.stderr.contains("No such file or directory"))
+    out.status == Some(127) || (out.stderr.contains("exec of ") && out.stderr.contains("No such file or directory"))
 }
 
 pub(crate) fn is_permission_error(stderr: &str) -> bool {
@@ -244,11 +236,7 @@ pub fn run_with(
         report.added,
         report.removed,
         report.kept,
-        if report.unchanged() {
-            " (nothing to do)"
-        } else {
-            ""
-        }
+        if report.unchanged() { " (nothing to do)" } else { "" }
     );
     Ok(ExitCode::SUCCESS)
 }

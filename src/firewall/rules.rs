@@ -66,19 +66,11 @@ impl Cidr {
         }
         let network = match addr {
             IpAddr::V4(a) => {
-                let mask = if prefix == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - prefix)
-                };
+                let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
                 IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
             }
             IpAddr::V6(a) => {
-                let mask = if prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - prefix)
-                };
+                let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
                 IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
             }
         };
@@ -139,9 +131,7 @@ impl FromStr for Cidr {
                 "{s:?} is not a range: expected ADDRESS/PREFIX such as 10.61.0.0/16"
             ));
         };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
         let prefix: u8 = prefix
             .parse()
             .map_err(|_| format!("{prefix:?} is not a prefix length"))?;
@@ -325,9 +315,7 @@ impl Plan {
             for proto in ["udp", "tcp"] {
                 push(
                     INPUT_CHAIN,
-                    strings(&[
-                        "-s", &src, "-d", &dst, "-p", proto, "-m", proto, "--dport", &dport,
-                    ]),
+                    strings(&["-s", &src, "-d", &dst, "-p", proto, "-m", proto, "--dport", &dport]),
                 );
             }
         }
@@ -376,9 +364,7 @@ impl Plan {
                 let port = port.to_string();
                 push(
                     ADMIN_CHAIN,
-                    strings(&[
-                        "-s", &src, "-d", &dst, "-p", "tcp", "-m", "tcp", "--dport", &port,
-                    ]),
+                    strings(&["-s", &src, "-d", &dst, "-p", "tcp", "-m", "tcp", "--dport", &port]),
                 );
             }
         }
@@ -391,7 +377,9 @@ impl Plan {
         let mut out = String::new();
         let family = self.family();
         let ipt = family.iptables();
-        out.push_str("# dnsbridge firewall: the rules `--apply` puts in place (tagged with the comment \"dnsbridge\").\n");
+        out.push_str(
+            "# dnsbridge firewall: the rules `--apply` puts in place (tagged with the comment \"dnsbridge\").\n",
+        );
         out.push_str(&format!(
             "# microVM subnet {}; DNS to {}; TCP ports {}; set {} (IPv6: {}).\n",
             self.vm_cidr,
@@ -430,11 +418,7 @@ fn strings(parts: &[&str]) -> Vec<String> {
 }
 
 fn join<T: fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+    items.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
 }
 
 fn dedup_in_order<T: PartialEq + Clone>(v: &mut Vec<T>) {
