@@ -6,8 +6,7 @@
 #
 #   scripts/fleet-validate.sh [FILES] [ROUTES]
 #
-# Uses `dnsbridge validate` when the binary has that subcommand, otherwise the
-# stand-in example `validate_cli`; both are built in release mode first.
+# Uses the release build of `dnsbridge validate`.
 set -euo pipefail
 
 files=${1:-1000}
@@ -15,12 +14,8 @@ routes=${2:-50}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-cargo build --release --quiet --bin dnsbridge --example validate_cli
-if target/release/dnsbridge validate --help 2>/dev/null | grep -q -- --strict; then
-    bin=(target/release/dnsbridge validate)
-else
-    bin=(target/release/examples/validate_cli validate)
-fi
+cargo build --release --quiet --bin dnsbridge
+bin=(target/release/dnsbridge validate)
 
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT

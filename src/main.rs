@@ -27,7 +27,7 @@ mod exit {
 (a load balancer, an AWS VPC endpoint, a PSC address) and forwards every other query upstream.\n\n\
 The routes come from an instance's config.yaml, block spec.infrastructure.executorPrivateDNS, unchanged.",
     after_help = "Exit codes: 0 success, 2 invalid config or flags, 3 runtime failure (bind, upstream setup).\n\
-Try: dnsbridge serve --config examples/ip-destination.yaml, then dig @127.0.0.1 -p 5353 registry.corp.example"
+Try: dnsbridge serve --config examples/quickstart.yaml, then dig @127.0.0.1 -p 5353 registry.corp.example"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +38,12 @@ struct Cli {
 enum Command {
     /// Run the DNS proxy.
     Serve(ServeArgs),
+    /// Check config files and report every problem with its position (for pull requests).
+    Validate(dnsbridge::validate::ValidateArgs),
+    /// Show which route a name matches, and why.
+    Route(dnsbridge::validate::RouteArgs),
+    /// Show the routes added, removed and changed between two configs.
+    Diff(dnsbridge::validate::DiffArgs),
     /// Say stage by stage whether a private registry is reachable: route, DNS, TCP, TLS, API.
     Check(dnsbridge::check::CheckArgs),
     /// Open the microVM firewall for the registries (and DNS to the proxy), and nothing else.
@@ -125,6 +131,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => dnsbridge::check::run_blocking(args),
+        Command::Validate(a) => dnsbridge::validate::run_validate(&a),
+        Command::Route(a) => dnsbridge::validate::run_route(&a),
+        Command::Diff(a) => dnsbridge::validate::run_diff(&a),
         Command::Firewall(args) => firewall(args),
         Command::Serve(args) => {
             init_logging(&args.log_format);

@@ -6,26 +6,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
-/// The program to run: `dnsbridge` once its main wires the subcommands,
-/// until then the stand-in example `validate_cli` (built on demand).
+/// The built `dnsbridge` binary.
 fn bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let main = PathBuf::from(env!("CARGO_BIN_EXE_dnsbridge"));
-        let help = Command::new(&main).args(["validate", "--help"]).output();
-        if help.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--strict")) {
-            return main;
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "--quiet", "--example", "validate_cli"])
-            .status()
-            .expect("cargo build --example validate_cli");
-        assert!(st.success());
-        main.parent().unwrap().join("examples/validate_cli")
-    })
+    Path::new(env!("CARGO_BIN_EXE_dnsbridge"))
 }
 
 fn run(args: &[&str]) -> Output {
