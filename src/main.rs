@@ -27,7 +27,7 @@ mod exit {
 (a load balancer, an AWS VPC endpoint, a PSC address) and forwards every other query upstream.\n\n\
 The routes come from an instance's config.yaml, block spec.infrastructure.executorPrivateDNS, unchanged.",
     after_help = "Exit codes: 0 success, 2 invalid config or flags, 3 runtime failure (bind, upstream setup).\n\
-Try: dnsbridge serve --config examples/ip-destination.yaml, then dig @127.0.0.1 -p 5353 registry.corp.example"
+Try: dnsbridge serve --config examples/quickstart.yaml, then dig @127.0.0.1 -p 5353 registry.corp.example"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +38,16 @@ struct Cli {
 enum Command {
     /// Run the DNS proxy.
     Serve(ServeArgs),
+    /// Check config files and report every problem with its position (for pull requests).
+    Validate(dnsbridge::validate::ValidateArgs),
+    /// Show which route a name matches, and why.
+    Route(dnsbridge::validate::RouteArgs),
+    /// Show the routes added, removed and changed between two configs.
+    Diff(dnsbridge::validate::DiffArgs),
+    /// Say stage by stage whether a private registry is reachable: route, DNS, TCP, TLS, API.
+    Check(dnsbridge::check::CheckArgs),
+    /// Open the microVM firewall for the registries (and DNS to the proxy), and nothing else.
+    Firewall(dnsbridge::firewall::FirewallArgs),
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +93,13 @@ struct ServeArgs {
     /// Log every query: client, name, type, how it was answered.
     #[arg(long)]
     query_log: bool,
+    /// Keep this ipset (and NAME-v6) filled with the addresses of routed answers, each for its
+    /// TTL plus --egress-grace; `dnsbridge firewall` opens the registry ports for the set.
+    #[arg(long, value_name = "NAME")]
+    egress_set: Option<String>,
+    /// Extra time each egress set entry outlives its record's TTL (default 10s; never negative).
+    #[arg(long, value_name = "DURATION", value_parser = parse_dur)]
+    egress_grace: Option<Duration>,
     /// Log format.
     #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
     log_format: String,
@@ -113,6 +130,11 @@ fn init_logging(format: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Check(args) => dnsbridge::check::run_blocking(args),
+        Command::Validate(a) => dnsbridge::validate::run_validate(&a),
+        Command::Route(a) => dnsbridge::validate::run_route(&a),
+        Command::Diff(a) => dnsbridge::validate::run_diff(&a),
+        Command::Firewall(args) => firewall(args),
         Command::Serve(args) => {
             init_logging(&args.log_format);
             match serve(args) {
@@ -122,6 +144,34 @@ fn main() -> ExitCode {
                     ExitCode::from(if e.is_config() { exit::CONFIG } else { exit::RUNTIME })
                 }
             }
+        }
+    }
+}
+
+/// `dnsbridge firewall`: the routes' IP destinations get static accepts, name
+/// destinations go through the set that `serve --egress-set` fills.
+fn firewall(args: dnsbridge::firewall::FirewallArgs) -> ExitCode {
+    let mut static_ips = Vec::new();
+    if let Some(path) = &args.config {
+        match config::load_file(path) {
+            Ok(cfg) => {
+                for r in &cfg.routes {
+                    if let config::Destination::Ips(ips) = &r.destination {
+                        static_ips.extend(ips.iter().copied());
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("dnsbridge firewall: {e}");
+                return ExitCode::from(dnsbridge::firewall::EXIT_USAGE);
+            }
+        }
+    }
+    match dnsbridge::firewall::run(&args, &static_ips) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dnsbridge firewall: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -140,6 +190,8 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         metrics: args.metrics,
         user: args.user,
         query_log: args.query_log,
+        egress_set: args.egress_set,
+        egress_grace: args.egress_grace,
     };
     // Fail on a bad config before starting any thread.
     if let Err(e) = serve::effective_config(&o) {

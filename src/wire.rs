@@ -827,7 +827,9 @@ pub fn ede_option(info_code: u16, text: &str) -> Vec<u8> {
 /// Checks that a response answers the given question: same name (ignoring
 /// case), type and class. An answer that fails this is dropped as spoofed.
 pub fn response_matches(resp: &[u8], qname_lower: &[u8], qtype: u16, qclass: u16) -> bool {
-    let Ok(h) = Header::new(resp) else { return false };
+    let Ok(h) = Header::new(resp) else {
+        return false;
+    };
     if !h.qr() || h.qdcount() != 1 {
         return false;
     }
