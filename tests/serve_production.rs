@@ -1043,6 +1043,75 @@ fn with_every_upstream_dead_an_expired_name_is_served_stale_and_an_uncached_one_
     }
 }
 
+/// A recursive upstream whose authorities are unreachable answers SERVFAIL
+/// (the usual way a VPC resolver fails). The issue counts SERVFAIL as a
+/// failed attempt ("failover to the next on timeout, SERVFAIL or refused"),
+/// and RFC 8767 section 4: an answer with an rcode other than NOERROR or
+/// NXDOMAIN is "a failure to refresh the data", which leaves the stale data
+/// usable. So with every upstream answering SERVFAIL, an expired cached name
+/// is served stale, as when they time out.
+#[test]
+fn every_upstream_answering_servfail_counts_as_failed_and_an_expired_name_is_served_stale() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let upstream = |failing: Arc<AtomicBool>| {
+        FakeUpstream::start(move |req| {
+            let q = Message::from_vec(&req.bytes).ok()?;
+            let question = q.queries.first()?.clone();
+            let mut m = reply_to(&req.bytes);
+            if failing.load(Ordering::SeqCst) {
+                m.metadata.response_code = ResponseCode::ServFail;
+            } else if question.query_type() == A {
+                m.metadata.authoritative = true;
+                m.add_answer(Record::from_rdata(
+                    question.name().clone(),
+                    1,
+                    RData::A(Ipv4Addr::new(192, 0, 2, 77).into()),
+                ));
+            }
+            if q.edns.is_some() {
+                m.set_edns(Edns::new());
+            }
+            m.to_vec().ok()
+        })
+    };
+    let one = upstream(failing.clone());
+    let two = upstream(failing.clone());
+    let config = write_config(&config_yaml(&[route("svc.corp.example", "dest.fake.test")]));
+    let timeout_arg = format!("{}ms", UPSTREAM_TIMEOUT.as_millis());
+    let proxy = start_proxy(
+        &config,
+        &[one.addr(), two.addr()],
+        &["--upstream-timeout", &timeout_arg],
+    );
+    let server = proxy.udp();
+    for name in ["www.fake.test", "svc.corp.example"] {
+        let w = ask_udp(server, name, A);
+        assert_eq!(addrs(&w), vec![ip("192.0.2.77")], "{name}:\n{}", w.dump());
+    }
+    let cached_at = Instant::now();
+    failing.store(true, Ordering::SeqCst);
+    // Let the 1 s TTL run out.
+    thread::sleep((cached_at + Duration::from_millis(1500)).saturating_duration_since(Instant::now()));
+
+    let mut wrong = Vec::new();
+    for name in ["www.fake.test", "svc.corp.example"] {
+        let w = ask_udp(server, name, A);
+        let ttls = all_ttls(&w);
+        if w.rcode() != NOERROR || addrs(&w) != vec![ip("192.0.2.77")] || ttls.iter().any(|t| *t != STALE_TTL) {
+            wrong.push(format!("{name}:\n{}", w.dump()));
+        }
+    }
+    assert!(
+        one.requests().len() >= 2 && two.requests().len() >= 2,
+        "both upstreams were asked again"
+    );
+    assert!(
+        wrong.is_empty(),
+        "with every upstream answering SERVFAIL, expired cached names were not served stale (TTL {STALE_TTL}):\n{}",
+        wrong.join("\n")
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 5. Spoofed answers
 // ---------------------------------------------------------------------------
@@ -1824,6 +1893,30 @@ fn pipelined_tcp_queries_are_all_answered_and_a_slow_one_holds_up_none() {
         Some(&slow_id),
         "the slow query, sent first, held up the others on the connection (answer order {order:?})"
     );
+
+    // A client that closes its sending side after its queries still gets
+    // every answer (RFC 7766 section 6.2.4: the server may not close first).
+    let mut s = tcp_stream(proxy.tcp(), Duration::from_secs(10)).unwrap();
+    let names = ["h1.many.prod.test", "cached.prod.test", "svc.corp.example"];
+    let mut batch = Vec::new();
+    let mut ids = BTreeSet::new();
+    for name in names {
+        let q = query(name, A);
+        ids.insert(u16::from_be_bytes([q[0], q[1]]));
+        batch.extend_from_slice(&(q.len() as u16).to_be_bytes());
+        batch.extend_from_slice(&q);
+    }
+    s.write_all(&batch).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = BTreeSet::new();
+    for _ in names {
+        let reply =
+            tcp_read_msg(&mut s).unwrap_or_else(|e| panic!("after a half-close, {} of 3 answers came: {e}", got.len()));
+        let w = Wire::parse(&reply);
+        assert_eq!(w.rcode(), NOERROR, "{}", w.dump());
+        got.insert(w.id());
+    }
+    assert_eq!(got, ids);
 }
 
 // ---------------------------------------------------------------------------
