@@ -827,7 +827,16 @@ fn with_the_first_upstream_dead_queries_fail_over_within_one_timeout_and_skip_it
     let b = knot_b();
     let config = write_config(&config_yaml(&[route("*.fo.corp.example", "*.many.prod.test")]));
     let timeout_arg = format!("{}ms", UPSTREAM_TIMEOUT.as_millis());
-    let proxy = start_proxy(&config, &[a.addr(), b.addr()], &["--upstream-timeout", &timeout_arg]);
+    // With debug logs: a failure shows why each upstream attempt failed.
+    let mut args = vec!["DNSBRIDGE_LOG=debug".to_string(), dnsbridge_bin().to_string()];
+    args.extend(proxy_args(
+        Some(&config),
+        &[a.addr(), b.addr()],
+        &["--upstream-timeout", &timeout_arg],
+    ));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = find_program("env");
+    let proxy = Proxy::spawn(env.to_str().unwrap(), &args, READY_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let server = proxy.udp();
     let from_a = ip("192.0.2.101");
     let from_b = ip("192.0.2.102");
