@@ -13,5 +13,6 @@ pub mod name;
 pub mod net;
 pub mod route;
 pub mod server;
+pub mod telemetry;
 pub mod upstream;
 pub mod wire;
