@@ -10,14 +10,18 @@
 //! OPT, truncation) lives here, so it is tested in memory.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::cache::{self, Cache, Entry, Key, Lookup};
 
 use crate::config::{Destination, Route, Source};
 use crate::name::Name;
 use crate::net::Cidr;
 use crate::route::RouteTable;
 use crate::wire::{
-    self, Edns, Header, MessageBuilder, OUR_UDP_SIZE, Query, QueryError, Record, Response, class,
-    flags, rcode, rtype,
+    self, Edns, Header, MessageBuilder, OUR_UDP_SIZE, Query, QueryError, Record, Response, class, flags, rcode, rtype,
 };
 
 /// Most CNAME and route hops followed for one routed query.
@@ -69,9 +73,17 @@ pub enum Action {
     Drop,
     /// Forward the client's packet upstream; pass the answer to
     /// [`finish_forward`].
-    Forward,
+    Forward(Miss),
     /// A routed name: drive the resolution.
-    Resolve(Box<Resolution>),
+    Resolve(Box<Resolution>, Miss),
+}
+
+/// A cache miss: the key to store the answer under, and an expired entry to
+/// fall back on if no upstream answers (RFC 8767).
+#[derive(Debug)]
+pub struct Miss {
+    pub key: Key,
+    pub stale: Option<Arc<Entry>>,
 }
 
 /// What the core keeps of the client's query to build its answer.
@@ -121,36 +133,32 @@ impl ClientInfo {
         f
     }
 
-    /// Adds the proxy's own OPT when the client used EDNS, then enforces the
-    /// client's size limit on UDP.
-    fn finish(&self, mut b: MessageBuilder, rc: u8, ede: Option<(u16, &str)>) -> Vec<u8> {
+    /// Adds the proxy's own OPT when the client used EDNS. The size limit
+    /// is applied later by [`fit`], so that the full answer can be cached.
+    fn finish(&self, mut b: MessageBuilder, ede: Option<(u16, &str)>) -> Vec<u8> {
         if let Some(e) = self.edns {
-            let opts = ede
-                .map(|(code, text)| wire::ede_option(code, text))
-                .unwrap_or_default();
+            let opts = ede.map(|(code, text)| wire::ede_option(code, text)).unwrap_or_default();
             b.put_opt(OUR_UDP_SIZE, 0, e.dnssec_ok, &opts);
         }
-        let msg = b.finish();
-        if self.transport == Transport::Udp && msg.len() > self.udp_limit {
-            return wire::truncated_reply(
-                self.id,
-                self.answer_flags(rc),
-                &self.question_raw,
-                self.edns.map(|e| (OUR_UDP_SIZE, e.dnssec_ok)),
-            );
-        }
-        msg
+        b.finish()
     }
 
     /// An answer with no records.
     pub fn empty_answer(&self, rc: u8, ede: Option<(u16, &str)>) -> Vec<u8> {
         let b = MessageBuilder::response(self.id, self.answer_flags(rc), &self.question_raw);
-        self.finish(b, rc, ede)
+        self.finish(b, ede)
     }
 }
 
-/// Decides what to do with one packet from `client`.
-pub fn handle(state: &State, packet: &[u8], client: IpAddr, transport: Transport) -> Action {
+/// Decides what to do with one packet from `client`, at time `now`.
+pub fn handle(
+    state: &State,
+    cache: &Cache,
+    packet: &[u8],
+    client: IpAddr,
+    transport: Transport,
+    now: Instant,
+) -> Action {
     let q = match Query::parse(packet) {
         Ok(q) => q,
         Err(QueryError::NoHeader | QueryError::IsResponse) => return Action::Drop,
@@ -169,27 +177,30 @@ pub fn handle(state: &State, packet: &[u8], client: IpAddr, transport: Transport
         && e.version > 0
     {
         // RFC 6891: BADVERS is extended rcode 16 (high bits 1 in the OPT).
-        let mut b = MessageBuilder::response(
-            h.id(),
-            flags::QR | (h.flags() & flags::RD),
-            q.question_raw(),
-        );
+        let mut b = MessageBuilder::response(h.id(), flags::QR | (h.flags() & flags::RD), q.question_raw());
         b.put_opt(OUR_UDP_SIZE, (rcode::BADVERS >> 4) as u8, e.dnssec_ok, &[]);
         return Action::Reply(b.finish());
     }
-    if q.qclass != class::IN {
-        return Action::Forward;
+    let routed = if q.qclass == class::IN {
+        state.table.lookup(q.qname_lower())
+    } else {
+        None
+    };
+    if routed.is_some() && matches!(q.qtype, rtype::AXFR | rtype::IXFR | rtype::MAILA | rtype::MAILB) {
+        let info = ClientInfo::from_query(&q, transport);
+        return Action::Reply(fit(info.empty_answer(rcode::NOTIMP, None), &q, transport));
     }
-    let Some(m) = state.table.lookup(q.qname_lower()) else {
-        return Action::Forward;
+    let key = cache::key_for(&q);
+    let stale = match cache.lookup(&key, now) {
+        Lookup::Fresh(e) => return Action::Reply(fit(e.serve(&q, now, false), &q, transport)),
+        Lookup::Stale(e) => Some(e),
+        Lookup::Miss => None,
+    };
+    let miss = Miss { key, stale };
+    let Some(m) = routed else {
+        return Action::Forward(miss);
     };
     let info = ClientInfo::from_query(&q, transport);
-    if matches!(
-        q.qtype,
-        rtype::AXFR | rtype::IXFR | rtype::MAILA | rtype::MAILB
-    ) {
-        return Action::Reply(info.empty_answer(rcode::NOTIMP, None));
-    }
     let target = m.target(q.qname_lower());
     let route = m.route;
     let mut res = Resolution::new(info, route, &state.settings);
@@ -209,7 +220,7 @@ pub fn handle(state: &State, packet: &[u8], client: IpAddr, transport: Transport
             res.follow_routes(&state.table, &state.settings);
         }
     }
-    Action::Resolve(Box::new(res))
+    Action::Resolve(Box::new(res), miss)
 }
 
 /// A reply made of the header alone, for queries whose question cannot be
@@ -259,6 +270,8 @@ pub struct Resolution {
     done: Option<Vec<u8>>,
     /// Why the resolution failed, for logs and metrics.
     pub failure: Option<&'static str>,
+    /// No upstream answered: a stale cached answer may stand in.
+    pub upstream_failed: bool,
 }
 
 impl Resolution {
@@ -274,6 +287,7 @@ impl Resolution {
             resolver: None,
             done: None,
             failure: None,
+            upstream_failed: false,
         }
     }
 
@@ -331,13 +345,7 @@ impl Resolution {
 
     /// Answers from an IP destination: A/AAAA from the literals, NODATA with
     /// a synthesized SOA for every other type.
-    fn answer_with_ips(
-        &mut self,
-        owner: Option<Name>,
-        route: &Route,
-        ips: &[IpAddr],
-        settings: &Settings,
-    ) {
+    fn answer_with_ips(&mut self, owner: Option<Name>, route: &Route, ips: &[IpAddr], settings: &Settings) {
         let ttl = route.ttl.unwrap_or(settings.cname_ttl);
         let owner = if self.flatten {
             None
@@ -417,11 +425,7 @@ impl Resolution {
         let mut chain: Vec<Name> = vec![cur.clone()];
         // Follow the CNAMEs the upstream already gave, in any order.
         if qtype != rtype::CNAME {
-            while let Some(rec) = r
-                .answers
-                .iter()
-                .find(|a| a.rtype == rtype::CNAME && a.owner == cur)
-            {
+            while let Some(rec) = r.answers.iter().find(|a| a.rtype == rtype::CNAME && a.owner == cur) {
                 let Some(next) = rec.cname_target() else {
                     break;
                 };
@@ -443,16 +447,10 @@ impl Resolution {
         let finals: Vec<&Record> = r
             .answers
             .iter()
-            .filter(|a| {
-                a.owner == cur
-                    && (a.rtype == qtype || qtype == rtype::ANY)
-                    && a.rtype != rtype::CNAME
-            })
+            .filter(|a| a.owner == cur && (a.rtype == qtype || qtype == rtype::ANY) && a.rtype != rtype::CNAME)
             .collect();
-        let cname_query_hit = qtype == rtype::CNAME
-            && r.answers
-                .iter()
-                .any(|a| a.owner == cur && a.rtype == rtype::CNAME);
+        let cname_query_hit =
+            qtype == rtype::CNAME && r.answers.iter().any(|a| a.owner == cur && a.rtype == rtype::CNAME);
         for rec in finals.iter().copied().chain(
             r.answers
                 .iter()
@@ -501,8 +499,7 @@ impl Resolution {
             .authority
             .iter()
             .filter(|a| {
-                a.rtype == rtype::SOA
-                    || (dnssec && matches!(a.rtype, rtype::RRSIG | rtype::NSEC | rtype::NSEC3))
+                a.rtype == rtype::SOA || (dnssec && matches!(a.rtype, rtype::RRSIG | rtype::NSEC | rtype::NSEC3))
             })
             .cloned()
             .collect();
@@ -527,6 +524,7 @@ impl Resolution {
     /// No upstream answered (or all failed): SERVFAIL with an RFC 8914 reason.
     pub fn on_upstream_failure(&mut self) {
         if self.done.is_none() {
+            self.upstream_failed = true;
             self.failure = Some("no upstream answered");
             self.done = Some(
                 self.client
@@ -549,7 +547,7 @@ impl Resolution {
         for r in &self.authority {
             b.put_record(2, Some(&r.owner), r.rtype, r.class, r.ttl, &r.rdata);
         }
-        self.done = Some(c.finish(b, rc, None));
+        self.done = Some(c.finish(b, None));
     }
 
     /// The answer for the client; call once [`Resolution::next_query`] is None.
@@ -586,11 +584,7 @@ fn synthesized_soa(route: &Route, ttl: u32) -> Record {
 /// client's ID and question bytes (letter case) restored, everything else as
 /// the upstream sent it; replaced by a TC=1 stub when too big for the client's
 /// UDP buffer. Returns None when the answer is not for this query.
-pub fn finish_forward(
-    client_query: &[u8],
-    mut resp: Vec<u8>,
-    transport: Transport,
-) -> Option<Vec<u8>> {
+pub fn finish_forward(client_query: &[u8], mut resp: Vec<u8>, transport: Transport) -> Option<Vec<u8>> {
     let q = Query::parse(client_query).ok()?;
     if !wire::response_matches(&resp, q.qname_lower(), q.qtype, q.qclass) {
         return None;
@@ -598,19 +592,40 @@ pub fn finish_forward(
     wire::set_id(&mut resp, q.id());
     let qr = q.question_raw();
     resp[wire::HEADER_LEN..wire::HEADER_LEN + qr.len()].copy_from_slice(qr);
-    if transport == Transport::Udp && resp.len() > q.udp_limit() {
-        let f = Header(&resp).flags();
-        let opt = q.edns.map(|e| (OUR_UDP_SIZE, e.dnssec_ok));
-        return Some(wire::truncated_reply(q.id(), f, qr, opt));
-    }
-    Some(resp)
+    Some(fit(resp, &q, transport))
 }
 
-/// SERVFAIL for a forwarded query that no upstream answered.
-pub fn forward_failure(client_query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+/// Applies the client's UDP size limit (512 without EDNS): an answer that
+/// does not fit becomes header + question (+ OPT) with TC=1, so the client
+/// retries over TCP.
+pub fn fit(answer: Vec<u8>, q: &Query<'_>, transport: Transport) -> Vec<u8> {
+    if transport == Transport::Tcp || answer.len() <= q.udp_limit() {
+        return answer;
+    }
+    let f = Header(&answer).flags();
+    let opt = q.edns.map(|e| (OUR_UDP_SIZE, e.dnssec_ok));
+    wire::truncated_reply(q.id(), f, q.question_raw(), opt)
+}
+
+/// The answer when no upstream answered: the stale entry if there is one
+/// (RFC 8767), else SERVFAIL with extended error 22 "No Reachable Authority"
+/// (RFC 8914).
+pub fn upstream_failure(
+    client_query: &[u8],
+    stale: Option<&Entry>,
+    transport: Transport,
+    now: Instant,
+) -> Option<Vec<u8>> {
     let q = Query::parse(client_query).ok()?;
+    if let Some(e) = stale {
+        return Some(fit(e.serve(&q, now, true), &q, transport));
+    }
     let info = ClientInfo::from_query(&q, transport);
-    Some(info.empty_answer(rcode::SERVFAIL, Some((22, "No Reachable Authority"))))
+    Some(fit(
+        info.empty_answer(rcode::SERVFAIL, Some((22, "No Reachable Authority"))),
+        &q,
+        transport,
+    ))
 }
 
 #[cfg(test)]

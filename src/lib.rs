@@ -7,11 +7,15 @@
 //! query (no sockets, no clock of its own), `upstream` and `server` are the
 //! thin async shell around it.
 
+pub mod cache;
 pub mod config;
 pub mod core;
 pub mod name;
 pub mod net;
+pub mod privdrop;
+pub mod ratelimit;
 pub mod route;
+pub mod serve;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;

@@ -1,17 +1,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand};
 
-use dnsbridge::config::{self, Config};
-use dnsbridge::core::{Settings, State};
+use dnsbridge::config;
 use dnsbridge::net::{self, Cidr};
-use dnsbridge::route::RouteTable;
-use dnsbridge::server::{self, Shared};
-use dnsbridge::upstream::{self, Upstreams};
+use dnsbridge::serve::{self, Overrides, Running, ServeError};
 
 /// Exit codes shared by every subcommand.
 mod exit {
@@ -70,6 +67,22 @@ struct ServeArgs {
     /// Time to wait for one upstream before trying the next (such as 800ms, 2s).
     #[arg(long, value_name = "DURATION", value_parser = parse_dur)]
     upstream_timeout: Option<std::time::Duration>,
+    /// Cache size in bytes (answers are kept whole; default 64 MiB).
+    #[arg(long, value_name = "BYTES")]
+    cache_size: Option<u64>,
+    /// Queries per second allowed per client (loopback exempt); 0 turns limiting off.
+    #[arg(long, value_name = "QPS")]
+    rate_limit: Option<u32>,
+    /// Serve Prometheus metrics, /healthz, /readyz and /routes on this address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
+    /// After binding, run as this user (keeps only CAP_NET_ADMIN, and only when an egress set
+    /// is configured).
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// Log every query: client, name, type, how it was answered.
+    #[arg(long)]
+    query_log: bool,
     /// Log format.
     #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
     log_format: String,
@@ -105,178 +118,70 @@ fn main() -> ExitCode {
             match serve(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    let code = if e.downcast_ref::<ConfigProblem>().is_some() {
-                        exit::CONFIG
-                    } else {
-                        exit::RUNTIME
-                    };
-                    tracing::error!("{e:#}");
-                    ExitCode::from(code)
+                    tracing::error!("{e}");
+                    ExitCode::from(if e.is_config() { exit::CONFIG } else { exit::RUNTIME })
                 }
             }
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct ConfigProblem(String);
-
-/// Reads the config and applies the flags over it.
-fn effective_config(args: &ServeArgs) -> Result<Config> {
-    let mut cfg = match &args.config {
-        Some(path) => match config::load_file(path) {
-            Ok(c) => c,
-            Err(config::LoadError::Invalid {
-                path, diagnostics, ..
-            }) => {
-                for d in &diagnostics {
-                    tracing::error!(
-                        "{}:{}: {} [{}]{}",
-                        path.display(),
-                        d.pos,
-                        d.message,
-                        d.rule,
-                        d.hint
-                            .as_ref()
-                            .map(|h| format!(" (help: {h})"))
-                            .unwrap_or_default()
-                    );
-                }
-                return Err(ConfigProblem(format!(
-                    "{} has {} error(s); nothing was started. Run `dnsbridge validate {}` for details",
-                    path.display(),
-                    diagnostics.len(),
-                    path.display()
-                ))
-                .into());
+fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let o = Overrides {
+        config: args.config,
+        listen: args.listen,
+        upstreams: args.upstream,
+        allow: args.allow,
+        cname_ttl: args.cname_ttl,
+        flatten: args.flatten,
+        upstream_timeout: args.upstream_timeout,
+        cache_bytes: args.cache_size,
+        rate_limit: args.rate_limit,
+        metrics: args.metrics,
+        user: args.user,
+        query_log: args.query_log,
+    };
+    // Fail on a bad config before starting any thread.
+    if let Err(e) = serve::effective_config(&o) {
+        if let ServeError::Invalid { path, diagnostics, .. } = &e {
+            for d in diagnostics {
+                let hint = d.hint.as_ref().map(|h| format!(" (help: {h})")).unwrap_or_default();
+                tracing::error!("{path}:{}: {} [{}]{hint}", d.pos, d.message, d.rule);
             }
-            Err(e) => return Err(ConfigProblem(e.to_string()).into()),
-        },
-        None => Config::default(),
-    };
-    for w in &cfg.warnings {
-        tracing::warn!("config {}: {} [{}]", w.pos, w.message, w.rule);
-    }
-    let rt = &mut cfg.runtime;
-    if !args.listen.is_empty() {
-        rt.listen = args.listen.clone();
-    }
-    if !args.upstream.is_empty() {
-        rt.upstreams = args.upstream.clone();
-    }
-    if !args.allow.is_empty() {
-        rt.allow = args.allow.clone();
-    }
-    if let Some(t) = args.cname_ttl {
-        rt.cname_ttl = t;
-    }
-    if args.flatten {
-        rt.flatten = true;
-    }
-    if let Some(t) = args.upstream_timeout {
-        rt.upstream_timeout = t;
-    }
-    Ok(cfg)
-}
-
-/// True when sending to `upstream` would reach one of our own listeners.
-fn is_self(upstream: SocketAddr, listen: &[SocketAddr]) -> bool {
-    listen.iter().any(|l| {
-        l.port() == upstream.port()
-            && (l.ip() == upstream.ip()
-                || (l.ip().is_unspecified()
-                    && (upstream.ip().is_loopback() || upstream.ip().is_unspecified())))
-    })
-}
-
-fn serve(args: ServeArgs) -> Result<()> {
-    let cfg = effective_config(&args)?;
-    let rt = cfg.runtime.clone();
-    let mut upstreams = rt.upstreams.clone();
-    if upstreams.is_empty() {
-        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        upstreams = upstream::parse_resolv_conf(&text)
-            .into_iter()
-            .filter(|u| !is_self(*u, &rt.listen))
-            .collect();
-        if upstreams.is_empty() {
-            tracing::warn!(
-                "no upstream resolver: /etc/resolv.conf names none besides this proxy; give --upstream. Routed IP destinations still answer."
-            );
         }
-    } else if let Some(u) = upstreams.iter().find(|u| is_self(**u, &rt.listen)) {
-        return Err(ConfigProblem(format!(
-            "upstream {u} is this proxy's own listen address: that would be a forwarding loop"
-        ))
-        .into());
+        return Err(e);
     }
-    for r in &cfg.routes {
-        if let Some(res) = r.resolver
-            && is_self(res, &rt.listen)
-        {
-            return Err(ConfigProblem(format!(
-                "route for {} resolves through {res}, which is this proxy itself: a forwarding loop",
-                r.source
-            ))
-            .into());
-        }
-    }
-    let state = State {
-        table: RouteTable::new(cfg.routes.clone()),
-        settings: Settings {
-            allow: rt.allow.clone(),
-            cname_ttl: rt.cname_ttl,
-            flatten: rt.flatten,
-        },
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?;
+        .map_err(ServeError::Io)?;
     runtime.block_on(async move {
-        let ups = Upstreams::new(upstreams.clone(), rt.upstream_timeout)
-            .await
-            .context("opening upstream sockets")?;
-        let shared = Shared::new(state, ups);
-        let mut tasks = Vec::new();
-        for addr in &rt.listen {
-            let udp = server::bind_udp(*addr).with_context(|| format!("binding UDP {addr}"))?;
-            let bound = udp.local_addr()?;
-            // TCP on the same port as UDP, also when the port was 0.
-            let tcp = server::bind_tcp(bound).with_context(|| format!("binding TCP {bound}"))?;
-            tracing::info!("bound udp {bound}");
-            tracing::info!("bound tcp {}", tcp.local_addr()?);
-            tasks.push(tokio::spawn(server::serve_udp(
-                Arc::new(udp),
-                shared.clone(),
-            )));
-            tasks.push(tokio::spawn(server::serve_tcp(tcp, shared.clone())));
-        }
-        tracing::info!(
-            routes = cfg.routes.len(),
-            upstreams = ?upstreams,
-            "dnsbridge serving"
-        );
-        wait_for_shutdown().await;
-        tracing::info!("shutting down");
-        Ok::<(), anyhow::Error>(())
+        let running = Running::start(o).await?;
+        running.watch_config();
+        wait_for_signals(&running).await;
+        tracing::info!("SIGTERM: draining in-flight queries");
+        running.drain(Duration::from_secs(5)).await;
+        Ok::<(), ServeError>(())
     })?;
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }
 
-async fn wait_for_shutdown() {
+/// Reloads on SIGHUP; returns on SIGTERM or Ctrl-C.
+async fn wait_for_signals(running: &Running) {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = running.reload();
+            }
+        }
     }
 }

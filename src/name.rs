@@ -42,9 +42,7 @@ pub struct Name {
 impl Name {
     /// The root name.
     pub fn root() -> Name {
-        Name {
-            wire: Box::new([0]),
-        }
+        Name { wire: Box::new([0]) }
     }
 
     /// Parses a host name in presentation format (`registry.corp.example`, with
@@ -258,21 +256,12 @@ mod tests {
     fn parse_rejects_malformed() {
         assert!(matches!(Name::parse(""), Err(NameError::Empty)));
         assert!(matches!(Name::parse("a..b"), Err(NameError::EmptyLabel(_))));
-        assert!(matches!(
-            Name::parse("a b.c"),
-            Err(NameError::BadChar { .. })
-        ));
+        assert!(matches!(Name::parse("a b.c"), Err(NameError::BadChar { .. })));
         assert!(matches!(Name::parse("-a.c"), Err(NameError::Hyphen(_))));
-        assert!(matches!(
-            Name::parse(&"a".repeat(64)),
-            Err(NameError::LabelTooLong(_))
-        ));
+        assert!(matches!(Name::parse(&"a".repeat(64)), Err(NameError::LabelTooLong(_))));
         let long = vec!["abcdefghi"; 30].join(".");
         assert!(matches!(Name::parse(&long), Err(NameError::TooLong)));
-        assert!(matches!(
-            Name::parse("*.a.b"),
-            Err(NameError::MisplacedStar)
-        ));
+        assert!(matches!(Name::parse("*.a.b"), Err(NameError::MisplacedStar)));
     }
 
     #[test]

@@ -136,22 +136,13 @@ mod tests {
 
     #[test]
     fn socket_forms() {
-        assert_eq!(
-            parse_socket("10.0.0.2", 53).unwrap(),
-            "10.0.0.2:53".parse().unwrap()
-        );
+        assert_eq!(parse_socket("10.0.0.2", 53).unwrap(), "10.0.0.2:53".parse().unwrap());
         assert_eq!(
             parse_socket("10.0.0.2:5300", 53).unwrap(),
             "10.0.0.2:5300".parse().unwrap()
         );
-        assert_eq!(
-            parse_socket("[::1]:54", 53).unwrap(),
-            "[::1]:54".parse().unwrap()
-        );
-        assert_eq!(
-            parse_socket("fd00::2", 53).unwrap(),
-            "[fd00::2]:53".parse().unwrap()
-        );
+        assert_eq!(parse_socket("[::1]:54", 53).unwrap(), "[::1]:54".parse().unwrap());
+        assert_eq!(parse_socket("fd00::2", 53).unwrap(), "[fd00::2]:53".parse().unwrap());
         assert!(parse_socket("resolver.corp", 53).is_err());
     }
 }

@@ -147,31 +147,21 @@ mod tests {
 
     fn dest_of(t: &RouteTable, q: &str) -> Option<String> {
         let n = Name::parse(q).unwrap();
-        t.lookup_name(&n)
-            .map(|m| m.target(n.wire()).unwrap().to_string())
+        t.lookup_name(&n).map(|m| m.target(n.wire()).unwrap().to_string())
     }
 
     #[test]
     fn precedence_is_independent_of_order() {
-        let rs = vec![
+        let rs = [
             route(0, "*.corp.example", "wild.pub"),
             route(1, "*.eu.corp.example", "eu.pub"),
             route(2, "registry.eu.corp.example", "exact.pub"),
         ];
         for perm in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
             let t = RouteTable::new(perm.iter().map(|&i| rs[i].clone()).collect());
-            assert_eq!(
-                dest_of(&t, "Registry.EU.corp.example.").as_deref(),
-                Some("exact.pub")
-            );
-            assert_eq!(
-                dest_of(&t, "npm.eu.corp.example").as_deref(),
-                Some("eu.pub")
-            );
-            assert_eq!(
-                dest_of(&t, "a.b.eu.corp.example").as_deref(),
-                Some("eu.pub")
-            );
+            assert_eq!(dest_of(&t, "Registry.EU.corp.example.").as_deref(), Some("exact.pub"));
+            assert_eq!(dest_of(&t, "npm.eu.corp.example").as_deref(), Some("eu.pub"));
+            assert_eq!(dest_of(&t, "a.b.eu.corp.example").as_deref(), Some("eu.pub"));
             assert_eq!(dest_of(&t, "npm.corp.example").as_deref(), Some("wild.pub"));
             assert_eq!(dest_of(&t, "corp.example"), None, "apex is not covered");
             assert_eq!(dest_of(&t, "eu.corp.example").as_deref(), Some("wild.pub"));
@@ -182,9 +172,6 @@ mod tests {
     #[test]
     fn wildcard_destination_keeps_prefix() {
         let t = RouteTable::new(vec![route(0, "*.corp.example", "*.mirror.pub")]);
-        assert_eq!(
-            dest_of(&t, "a.b.corp.example").as_deref(),
-            Some("a.b.mirror.pub")
-        );
+        assert_eq!(dest_of(&t, "a.b.corp.example").as_deref(), Some("a.b.mirror.pub"));
     }
 }

@@ -1,10 +1,11 @@
 //! The socket shell around [`crate::core`]: UDP and TCP listeners, and the
-//! tasks that drive forwarded and routed queries through the upstreams.
+//! tasks that drive forwarded and routed queries through the cache and the
+//! upstreams.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -12,13 +13,17 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 
-use crate::core::{self, Action, Resolution, State, Transport};
+use crate::cache::{Cache, Lookup};
+use crate::core::{self, Action, Miss, Resolution, State, Transport};
+use crate::ratelimit::RateLimiter;
 use crate::upstream::Upstreams;
+use crate::wire::Query;
 
 /// Queries in flight upstream at once; beyond this, new misses get SERVFAIL
 /// instead of piling up memory.
-const MAX_IN_FLIGHT: usize = 20_000;
+pub const MAX_IN_FLIGHT: usize = 20_000;
 /// TCP connections served at once.
 pub const MAX_TCP_CONNECTIONS: usize = 512;
 /// A TCP connection with no complete query for this long is closed.
@@ -32,28 +37,46 @@ pub struct ServerStats {
     pub dropped: AtomicU64,
     pub loops: AtomicU64,
     pub overload: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub tcp_connections: AtomicU64,
 }
 
 /// Everything the listener tasks share.
 pub struct Shared {
     pub state: ArcSwap<State>,
     pub upstreams: Upstreams,
+    pub cache: Cache,
     pub stats: ServerStats,
+    pub limiter: RateLimiter,
     in_flight: Semaphore,
+    /// Set on SIGTERM: listeners stop taking new queries.
+    pub draining: AtomicBool,
+    /// Log one line per query.
+    pub query_log: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(state: State, upstreams: Upstreams) -> Arc<Shared> {
+    pub fn new(state: State, upstreams: Upstreams, cache: Cache, limiter: RateLimiter) -> Arc<Shared> {
         Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
             upstreams,
+            cache,
             stats: ServerStats::default(),
+            limiter,
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            draining: AtomicBool::new(false),
+            query_log: AtomicBool::new(false),
         })
     }
 
-    /// Runs a routed query to completion and returns the client's answer.
-    pub async fn resolve(&self, state: &State, mut res: Resolution) -> Vec<u8> {
+    /// Queries still being answered.
+    pub fn in_flight(&self) -> usize {
+        MAX_IN_FLIGHT - self.in_flight.available_permits()
+    }
+
+    /// Runs a routed query to completion; returns the full (unfitted) answer
+    /// and whether every upstream failed.
+    async fn resolve(&self, state: &State, mut res: Resolution) -> (Vec<u8>, bool) {
         while let Some(uq) = res.next_query() {
             let only;
             let servers = match uq.resolver {
@@ -74,41 +97,117 @@ impl Shared {
         if let Some(why) = res.failure {
             tracing::info!(name = %res.client.qname, reason = why, "routed query failed");
         }
-        res.into_answer()
+        let failed = res.upstream_failed;
+        (res.into_answer(), failed)
     }
 
-    /// Forwards a client's packet and prepares the answer for it.
-    pub async fn forward(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
-        match self.upstreams.query(packet, None).await {
-            Ok(resp) => core::finish_forward(packet, resp, transport),
-            Err(e) => {
-                tracing::debug!(error = %e, "forwarding failed");
-                core::forward_failure(packet, transport)
+    /// Answers a cache miss: joins an identical query already in flight, or
+    /// asks the upstreams and stores the answer.
+    async fn answer_miss(&self, state: &State, packet: &[u8], action: Action, transport: Transport) -> Option<Vec<u8>> {
+        let (miss, res) = match action {
+            Action::Forward(m) => (m, None),
+            Action::Resolve(r, m) => (m, Some(r)),
+            Action::Reply(b) => return Some(b),
+            Action::Drop => return None,
+        };
+        let q = Query::parse(packet).ok()?;
+        if let Some(mut wait) = self.cache.join(&miss.key) {
+            // Someone else asks the upstream; wait for their answer, bounded.
+            let bound = self.upstreams.timeout() * (self.upstreams.servers().len().max(1) as u32 + 1);
+            let _ = tokio::time::timeout(bound, wait.changed()).await;
+            if let Lookup::Fresh(e) = self.cache.lookup(&miss.key, Instant::now()) {
+                return Some(core::fit(e.serve(&q, Instant::now(), false), &q, transport));
             }
+            return self.ask_upstream(state, packet, &q, miss, res, transport, false).await;
         }
+        self.ask_upstream(state, packet, &q, miss, res, transport, true).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn ask_upstream(
+        &self,
+        state: &State,
+        packet: &[u8],
+        q: &Query<'_>,
+        miss: Miss,
+        res: Option<Box<Resolution>>,
+        transport: Transport,
+        leader: bool,
+    ) -> Option<Vec<u8>> {
+        let out = match res {
+            Some(res) => {
+                let (answer, failed) = self.resolve(state, *res).await;
+                if failed {
+                    core::upstream_failure(packet, miss.stale.as_deref(), transport, Instant::now())
+                } else {
+                    self.cache.insert(miss.key.clone(), &answer, true, Instant::now());
+                    Some(core::fit(answer, q, transport))
+                }
+            }
+            None => match self.upstreams.query(packet, None).await {
+                Ok(resp) => {
+                    // Cache the full answer before it is fitted to this client.
+                    let full = core::finish_forward(packet, resp, Transport::Tcp);
+                    if let Some(full) = &full {
+                        self.cache.insert(miss.key.clone(), full, false, Instant::now());
+                    }
+                    full.map(|f| core::fit(f, q, transport))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "forwarding failed");
+                    core::upstream_failure(packet, miss.stale.as_deref(), transport, Instant::now())
+                }
+            },
+        };
+        if leader {
+            self.cache.done(&miss.key);
+        }
+        if miss.stale.is_some() && out.is_some() && self.upstreams.all_down() {
+            self.cache.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+        }
+        out
     }
 
     /// Handles one packet to the end: the bytes to send back, if any.
-    pub async fn answer(
-        self: &Arc<Self>,
-        packet: &[u8],
-        peer: SocketAddr,
-        transport: Transport,
-    ) -> Option<Vec<u8>> {
+    pub async fn answer(self: &Arc<Self>, packet: &[u8], peer: SocketAddr, transport: Transport) -> Option<Vec<u8>> {
         let state = self.state.load_full();
-        match core::handle(&state, packet, peer.ip(), transport) {
+        let action = core::handle(&state, &self.cache, packet, peer.ip(), transport, Instant::now());
+        match action {
             Action::Reply(b) => {
-                if !state.allowed(peer.ip()) {
-                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                }
+                self.count_reply(&state, peer);
                 Some(b)
             }
             Action::Drop => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 None
             }
-            Action::Forward => self.forward(packet, transport).await,
-            Action::Resolve(res) => Some(self.resolve(&state, *res).await),
+            action => self.answer_miss(&state, packet, action, transport).await,
+        }
+    }
+
+    /// One query-log line: who asked what, and what they got.
+    pub fn log_query(&self, peer: SocketAddr, transport: Transport, packet: &[u8], answer: Option<&[u8]>, how: &str) {
+        if !self.query_log.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(q) = Query::parse(packet) else { return };
+        let name = crate::name::Name::from_wire_lower(q.qname_lower());
+        let rcode = answer.and_then(|a| crate::wire::Header::new(a).ok()).map(|h| h.rcode());
+        tracing::info!(
+            target: "query",
+            client = %peer.ip(),
+            transport = ?transport,
+            name = %name,
+            qtype = q.qtype,
+            rcode = ?rcode,
+            how,
+            "query"
+        );
+    }
+
+    fn count_reply(&self, state: &State, peer: SocketAddr) {
+        if !state.allowed(peer.ip()) {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -145,7 +244,7 @@ fn prepare(s: &Socket, addr: SocketAddr) -> io::Result<()> {
     Ok(())
 }
 
-/// Serves one UDP socket forever.
+/// Serves one UDP socket until draining starts.
 pub async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
     let mut buf = vec![0u8; 65535];
     loop {
@@ -156,19 +255,25 @@ pub async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
                 continue;
             }
         };
+        if shared.draining.load(Ordering::Relaxed) {
+            return;
+        }
         shared.stats.udp_queries.fetch_add(1, Ordering::Relaxed);
         if shared.upstreams.is_own_socket(peer) {
             shared.stats.loops.fetch_add(1, Ordering::Relaxed);
             tracing::error!(%peer, "forwarding loop: an upstream sent our own query back to us; check the upstream list");
             continue;
         }
+        if !shared.limiter.allow(peer.ip(), Instant::now()) {
+            shared.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let packet = &buf[..n];
         let state = shared.state.load();
-        match core::handle(&state, packet, peer.ip(), Transport::Udp) {
+        match core::handle(&state, &shared.cache, packet, peer.ip(), Transport::Udp, Instant::now()) {
             Action::Reply(b) => {
-                if !state.allowed(peer.ip()) {
-                    shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-                }
+                shared.count_reply(&state, peer);
+                shared.log_query(peer, Transport::Udp, packet, Some(&b), "answered locally");
                 let _ = sock.send_to(&b, peer).await;
             }
             Action::Drop => {
@@ -177,22 +282,24 @@ pub async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
             action => {
                 let Ok(permit) = shared.in_flight.try_acquire() else {
                     shared.stats.overload.fetch_add(1, Ordering::Relaxed);
-                    if let Some(b) = core::forward_failure(packet, Transport::Udp) {
+                    if let Some(b) = core::upstream_failure(packet, None, Transport::Udp, Instant::now()) {
                         let _ = sock.send_to(&b, peer).await;
                     }
                     continue;
                 };
                 permit.forget();
                 let packet = packet.to_vec();
-                let state = state.clone();
+                let state = arc_swap::Guard::into_inner(state);
                 let shared2 = shared.clone();
                 let sock2 = sock.clone();
                 tokio::spawn(async move {
-                    let out = match action {
-                        Action::Forward => shared2.forward(&packet, Transport::Udp).await,
-                        Action::Resolve(res) => Some(shared2.resolve(&state, *res).await),
-                        _ => None,
+                    let how = if matches!(action, Action::Resolve(..)) {
+                        "routed"
+                    } else {
+                        "forwarded"
                     };
+                    let out = shared2.answer_miss(&state, &packet, action, Transport::Udp).await;
+                    shared2.log_query(peer, Transport::Udp, &packet, out.as_deref(), how);
                     if let Some(b) = out {
                         let _ = sock2.send_to(&b, peer).await;
                     }
@@ -203,7 +310,8 @@ pub async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
     }
 }
 
-/// Accepts TCP connections forever, at most [`MAX_TCP_CONNECTIONS`] at once.
+/// Accepts TCP connections until draining starts, at most
+/// [`MAX_TCP_CONNECTIONS`] at once.
 pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
@@ -215,6 +323,9 @@ pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        if shared.draining.load(Ordering::Relaxed) {
+            return;
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             // Full: close at once rather than let idle clients starve others.
             drop(stream);
@@ -222,7 +333,9 @@ pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _ = serve_connection(stream, peer, shared).await;
+            shared.stats.tcp_connections.fetch_add(1, Ordering::Relaxed);
+            let _ = serve_connection(stream, peer, shared.clone()).await;
+            shared.stats.tcp_connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }
@@ -230,11 +343,7 @@ pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
 
 /// One TCP connection: queries are read in a loop and answered as they
 /// complete, possibly out of order (RFC 7766 pipelining).
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-) -> io::Result<()> {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
@@ -258,13 +367,28 @@ async fn serve_connection(
             Ok(Ok(_)) => {}
             _ => break,
         }
+        if shared.draining.load(Ordering::Relaxed) {
+            break;
+        }
         shared.stats.tcp_queries.fetch_add(1, Ordering::Relaxed);
+        if !shared.limiter.allow(peer.ip(), Instant::now()) {
+            shared.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let Ok(permit) = shared.in_flight.try_acquire() else {
+            shared.stats.overload.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        permit.forget();
         let shared = shared.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            if let Some(out) = shared.answer(&msg, peer, Transport::Tcp).await {
+            let out = shared.answer(&msg, peer, Transport::Tcp).await;
+            shared.log_query(peer, Transport::Tcp, &msg, out.as_deref(), "tcp");
+            if let Some(out) = out {
                 let _ = tx.send(out).await;
             }
+            shared.in_flight.add_permits(1);
         });
     }
     drop(tx);

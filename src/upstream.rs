@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,8 +68,45 @@ pub struct UpstreamStats {
     pub tcp_retries: AtomicU64,
 }
 
+/// Health of one upstream, learned from real traffic.
+#[derive(Debug)]
+pub struct Health {
+    pub addr: SocketAddr,
+    /// Consecutive failed attempts.
+    fails: AtomicU32,
+    down: AtomicBool,
+}
+
+impl Health {
+    fn new(addr: SocketAddr) -> Health {
+        Health {
+            addr,
+            fails: AtomicU32::new(0),
+            down: AtomicBool::new(false),
+        }
+    }
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+    fn success(&self) {
+        self.fails.store(0, Ordering::Relaxed);
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!(upstream = %self.addr, "upstream is answering again");
+        }
+    }
+    fn failure(&self) {
+        let n = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= DOWN_AFTER && !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(upstream = %self.addr, "upstream marked down after {n} failed attempts; trying it last and probing it in the background");
+        }
+    }
+}
+
+/// Consecutive failures after which an upstream is tried last.
+const DOWN_AFTER: u32 = 3;
+
 pub struct Upstreams {
-    servers: Vec<SocketAddr>,
+    servers: ArcSwap<Vec<Arc<Health>>>,
     timeout: Duration,
     v4: Family,
     v6: Option<Family>,
@@ -84,14 +123,7 @@ impl Upstreams {
         let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
         let stats = Arc::new(UpstreamStats::default());
         let mut local_ports = Vec::new();
-        let v4 = Family::bind(
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            0,
-            &pending,
-            &stats,
-            &mut local_ports,
-        )
-        .await?;
+        let v4 = Family::bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, &pending, &stats, &mut local_ports).await?;
         // IPv6 may be disabled on the host; only needed for v6 upstreams.
         let v6 = Family::bind(
             IpAddr::V6(Ipv6Addr::UNSPECIFIED),
@@ -103,7 +135,7 @@ impl Upstreams {
         .await
         .ok();
         Ok(Upstreams {
-            servers,
+            servers: ArcSwap::from_pointee(servers.into_iter().map(|a| Arc::new(Health::new(a))).collect()),
             timeout: per_try,
             v4,
             v6,
@@ -114,8 +146,28 @@ impl Upstreams {
         })
     }
 
-    pub fn servers(&self) -> &[SocketAddr] {
-        &self.servers
+    pub fn servers(&self) -> Vec<SocketAddr> {
+        self.servers.load().iter().map(|h| h.addr).collect()
+    }
+
+    /// The health of each upstream, in configured order.
+    pub fn health(&self) -> Arc<Vec<Arc<Health>>> {
+        self.servers.load_full()
+    }
+
+    /// Replaces the upstream list (on reload). Known upstreams keep their health.
+    pub fn set_servers(&self, servers: &[SocketAddr]) {
+        let old = self.servers.load();
+        let new: Vec<Arc<Health>> = servers
+            .iter()
+            .map(|a| {
+                old.iter()
+                    .find(|h| h.addr == *a)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Health::new(*a)))
+            })
+            .collect();
+        self.servers.store(Arc::new(new));
     }
 
     /// True when `peer` is one of this proxy's own upstream sockets: a query
@@ -125,22 +177,62 @@ impl Upstreams {
         (ip.is_loopback() || ip.is_unspecified()) && self.local_ports.contains(&peer.port())
     }
 
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// True when every upstream is marked down (or none is configured).
+    pub fn all_down(&self) -> bool {
+        self.servers.load().iter().all(|h| h.is_down())
+    }
+
+    /// Sends one probe to each upstream marked down; one that answers is
+    /// marked up again. Called periodically by the server.
+    pub async fn probe_down(&self) {
+        let probe = crate::wire::MessageBuilder::query(
+            0,
+            crate::wire::flags::RD,
+            &crate::name::Name::root(),
+            crate::wire::rtype::NS,
+        )
+        .finish();
+        let servers = self.servers.load_full();
+        for h in servers.iter().filter(|h| h.is_down()) {
+            if self.query_one(&probe, h.addr).await.is_ok() {
+                h.success();
+            }
+        }
+    }
+
     /// Sends `msg` to `servers` (or the configured upstreams), in order, and
     /// returns the first usable answer. SERVFAIL and REFUSED answers move on to
     /// the next server but are returned if nothing better comes.
-    pub async fn query(
-        &self,
-        msg: &[u8],
-        servers: Option<&[SocketAddr]>,
-    ) -> Result<Vec<u8>, UpstreamError> {
-        let servers = servers.unwrap_or(&self.servers);
-        if servers.is_empty() {
+    pub async fn query(&self, msg: &[u8], servers: Option<&[SocketAddr]>) -> Result<Vec<u8>, UpstreamError> {
+        let configured = self.servers.load();
+        let order: Vec<(SocketAddr, Option<&Arc<Health>>)> = match servers {
+            Some(list) => list.iter().map(|a| (*a, None)).collect(),
+            // Healthy upstreams first, in configured order; down ones last.
+            None => configured
+                .iter()
+                .filter(|h| !h.is_down())
+                .chain(configured.iter().filter(|h| h.is_down()))
+                .map(|h| (h.addr, Some(h)))
+                .collect(),
+        };
+        if order.is_empty() {
             return Err(UpstreamError::NoUpstreams);
         }
         let mut last_err = None;
         let mut fallback = None;
-        for &server in servers {
-            match self.query_one(msg, server).await {
+        for (server, health) in order {
+            let result = self.query_one(msg, server).await;
+            if let Some(h) = health {
+                match &result {
+                    Ok(_) => h.success(),
+                    Err(_) => h.failure(),
+                }
+            }
+            match result {
                 Ok(resp) => {
                     let rc = Header(&resp).rcode();
                     if rc == rcode::SERVFAIL || rc == rcode::REFUSED {
@@ -163,11 +255,7 @@ impl Upstreams {
     }
 
     /// One server: UDP, then TCP if the answer is truncated.
-    pub async fn query_one(
-        &self,
-        msg: &[u8],
-        server: SocketAddr,
-    ) -> Result<Vec<u8>, UpstreamError> {
+    pub async fn query_one(&self, msg: &[u8], server: SocketAddr) -> Result<Vec<u8>, UpstreamError> {
         let q = Query::parse(msg).map_err(|_| UpstreamError::BadQuery)?;
         let (qname, qtype, qclass) = (q.qname_lower().to_vec(), q.qtype, q.qclass);
         self.stats.queries.fetch_add(1, Ordering::Relaxed);
@@ -199,10 +287,7 @@ impl Upstreams {
             SocketAddr::V6(_) => match &self.v6 {
                 Some(f) => (f, POOL),
                 None => {
-                    return Err(UpstreamError::Io(
-                        server,
-                        io::Error::other("IPv6 is not available"),
-                    ));
+                    return Err(UpstreamError::Io(server, io::Error::other("IPv6 is not available")));
                 }
             },
         };
@@ -266,24 +351,14 @@ impl Family {
         for i in 0..POOL {
             let s = Arc::new(UdpSocket::bind(SocketAddr::new(ip, 0)).await?);
             ports.push(s.local_addr()?.port());
-            tokio::spawn(read_answers(
-                s.clone(),
-                base + i,
-                pending.clone(),
-                stats.clone(),
-            ));
+            tokio::spawn(read_answers(s.clone(), base + i, pending.clone(), stats.clone()));
             sockets.push(s);
         }
         Ok(Family { sockets })
     }
 }
 
-async fn read_answers(
-    sock: Arc<UdpSocket>,
-    index: usize,
-    pending: PendingMap,
-    stats: Arc<UpstreamStats>,
-) {
+async fn read_answers(sock: Arc<UdpSocket>, index: usize, pending: PendingMap, stats: Arc<UpstreamStats>) {
     let mut buf = vec![0u8; MAX_UDP];
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
@@ -298,9 +373,9 @@ async fn read_answers(
         let Ok(h) = Header::new(resp) else { continue };
         let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
         let key = (index, h.id());
-        let ok = p.get(&key).is_some_and(|w| {
-            w.server == from && wire::response_matches(resp, &w.qname_lower, w.qtype, w.qclass)
-        });
+        let ok = p
+            .get(&key)
+            .is_some_and(|w| w.server == from && wire::response_matches(resp, &w.qname_lower, w.qtype, w.qclass));
         if !ok {
             drop(p);
             stats.spoofed.fetch_add(1, Ordering::Relaxed);

@@ -185,8 +185,7 @@ pub fn skip_name(msg: &[u8], mut pos: usize) -> Result<usize, WireError> {
                 }
             }
             0xc0 => {
-                let target =
-                    (read_u16(msg, pos).ok_or(WireError::Truncated("name"))? & 0x3fff) as usize;
+                let target = (read_u16(msg, pos).ok_or(WireError::Truncated("name"))? & 0x3fff) as usize;
                 if target >= pos {
                     return Err(WireError::BadPointer);
                 }
@@ -200,12 +199,7 @@ pub fn skip_name(msg: &[u8], mut pos: usize) -> Result<usize, WireError> {
 /// Reads a possibly compressed name at `pos` into `out` as uncompressed wire
 /// bytes, lowercased when `lower` is set. Returns the offset after the name in
 /// the record stream.
-pub fn read_name_into(
-    msg: &[u8],
-    pos: usize,
-    out: &mut Vec<u8>,
-    lower: bool,
-) -> Result<usize, WireError> {
+pub fn read_name_into(msg: &[u8], pos: usize, out: &mut Vec<u8>, lower: bool) -> Result<usize, WireError> {
     let start_len = out.len();
     let mut cur = pos;
     let mut after: Option<usize> = None;
@@ -223,9 +217,7 @@ pub fn read_name_into(
                     return Ok(after.unwrap_or(cur + 1));
                 }
                 debug_assert!(len <= MAX_LABEL_LEN);
-                let label = msg
-                    .get(cur + 1..cur + 1 + len)
-                    .ok_or(WireError::Truncated("name"))?;
+                let label = msg.get(cur + 1..cur + 1 + len).ok_or(WireError::Truncated("name"))?;
                 out.push(b);
                 if lower {
                     out.extend(label.iter().map(u8::to_ascii_lowercase));
@@ -238,8 +230,7 @@ pub fn read_name_into(
                 cur += 1 + len;
             }
             0xc0 => {
-                let target =
-                    (read_u16(msg, cur).ok_or(WireError::Truncated("name"))? & 0x3fff) as usize;
+                let target = (read_u16(msg, cur).ok_or(WireError::Truncated("name"))? & 0x3fff) as usize;
                 // Strictly backwards pointers cannot loop; the hop bound is a
                 // second fence for cost.
                 if target >= cur {
@@ -343,10 +334,8 @@ impl<'a> Query<'a> {
             }
         }
         let qname_end = pos;
-        let qtype =
-            read_u16(buf, pos).ok_or(QueryError::Malformed(WireError::Truncated("question")))?;
-        let qclass = read_u16(buf, pos + 2)
-            .ok_or(QueryError::Malformed(WireError::Truncated("question")))?;
+        let qtype = read_u16(buf, pos).ok_or(QueryError::Malformed(WireError::Truncated("question")))?;
+        let qclass = read_u16(buf, pos + 2).ok_or(QueryError::Malformed(WireError::Truncated("question")))?;
         let question_end = pos + 4;
         let edns = find_opt(buf, &h, question_end).map_err(QueryError::Malformed)?;
         Ok(Query {
@@ -748,15 +737,7 @@ impl MessageBuilder {
 
     /// Appends a record to `section` (1 answer, 2 authority, 3 additional).
     /// `owner` of None means the question name.
-    pub fn put_record(
-        &mut self,
-        section: usize,
-        owner: Option<&Name>,
-        rec_type: u16,
-        cl: u16,
-        ttl: u32,
-        rdata: &[u8],
-    ) {
+    pub fn put_record(&mut self, section: usize, owner: Option<&Name>, rec_type: u16, cl: u16, ttl: u32, rdata: &[u8]) {
         match owner {
             Some(n) => self.put_name(n.wire()),
             None => self.put_qname_pointer(),
@@ -864,12 +845,7 @@ pub fn response_matches(resp: &[u8], qname_lower: &[u8], qtype: u16, qclass: u16
 
 /// Builds the smallest answer that tells a UDP client to retry over TCP:
 /// header with TC, the question, and the given OPT (if the client used EDNS).
-pub fn truncated_reply(
-    id: u16,
-    flag_bits: u16,
-    question_raw: &[u8],
-    opt: Option<(u16, bool)>,
-) -> Vec<u8> {
+pub fn truncated_reply(id: u16, flag_bits: u16, question_raw: &[u8], opt: Option<(u16, bool)>) -> Vec<u8> {
     let mut b = MessageBuilder::response(id, flag_bits | flags::TC, question_raw);
     if let Some((size, dnssec_ok)) = opt {
         b.put_opt(size, 0, dnssec_ok, &[]);

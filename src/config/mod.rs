@@ -249,14 +249,7 @@ struct Ctx<'t> {
 }
 
 impl Ctx<'_> {
-    fn push(
-        &mut self,
-        severity: Severity,
-        rule: &'static str,
-        node: &Node,
-        message: String,
-        hint: Option<String>,
-    ) {
+    fn push(&mut self, severity: Severity, rule: &'static str, node: &Node, message: String, hint: Option<String>) {
         let len = token_len(self.text, node.pos);
         self.diags.push(Diagnostic {
             severity,
@@ -285,12 +278,7 @@ impl Ctx<'_> {
             let key = k.as_key().unwrap_or_default();
             if let Some(first) = seen.get(&key) {
                 let first = *first;
-                self.error(
-                    "duplicate-key",
-                    k,
-                    format!("`{key}` is set twice in this {what}"),
-                    None,
-                );
+                self.error("duplicate-key", k, format!("`{key}` is set twice in this {what}"), None);
                 if let Some(d) = self.diags.last_mut() {
                     d.related.push((first, "first set here".into()));
                 }
@@ -302,12 +290,7 @@ impl Ctx<'_> {
                     Some(n) => Some(format!("did you mean `{n}`?")),
                     None => Some(format!("valid keys here: {}", allowed.join(", "))),
                 };
-                self.error(
-                    "unknown-key",
-                    k,
-                    format!("unknown key `{key}` in {what}"),
-                    hint,
-                );
+                self.error("unknown-key", k, format!("unknown key `{key}` in {what}"), hint);
             }
         }
     }
@@ -319,10 +302,7 @@ fn token_len(text: &str, pos: Pos) -> u32 {
     let Some(line) = text.lines().nth(pos.line.saturating_sub(1) as usize) else {
         return 1;
     };
-    let rest: String = line
-        .chars()
-        .skip(pos.column.saturating_sub(1) as usize)
-        .collect();
+    let rest: String = line.chars().skip(pos.column.saturating_sub(1) as usize).collect();
     let mut chars = rest.chars();
     let n = match chars.next() {
         Some(q @ ('"' | '\'')) => chars
@@ -471,10 +451,7 @@ fn read_block(cx: &mut Ctx<'_>, block: &Node, config: &mut Config) {
             cx.error(
                 "type",
                 routes,
-                format!(
-                    "`routes` must be a list of routes, not {}",
-                    routes.type_name()
-                ),
+                format!("`routes` must be a list of routes, not {}", routes.type_name()),
                 Some("start each route with `- source: ...`".into()),
             );
             return;
@@ -499,20 +476,7 @@ fn check_proxy_tag(cx: &mut Ctx<'_>, tag: &Node) -> Option<u64> {
         let f = |a: usize, b: usize| text[a..b].parse::<u32>().unwrap_or(99);
         let (y, mo, d, h, mi) = (f(0, 4), f(4, 6), f(6, 8), f(8, 10), f(10, 12));
         let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-        let days = [
-            31,
-            if leap { 29 } else { 28 },
-            31,
-            30,
-            31,
-            30,
-            31,
-            31,
-            30,
-            31,
-            30,
-            31,
-        ];
+        let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
         (2000..=2099).contains(&y)
             && (1..=12).contains(&mo)
             && d >= 1
@@ -546,9 +510,7 @@ fn scalar_str(node: &Node) -> Option<String> {
 
 fn name_error_hint(e: &NameError) -> Option<String> {
     match e {
-        NameError::BadChar { .. } => {
-            Some("a host name holds letters, digits, '-' and '_', separated by dots".into())
-        }
+        NameError::BadChar { .. } => Some("a host name holds letters, digits, '-' and '_', separated by dots".into()),
         NameError::MisplacedStar => Some("write a wildcard as `*.suffix`".into()),
         NameError::EmptyLabel(_) => Some("remove the extra dot".into()),
         _ => None,
@@ -728,10 +690,7 @@ fn parse_destination(cx: &mut Ctx<'_>, n: &Node) -> Option<(Destination, Pos)> {
                         cx.error(
                             "type",
                             it,
-                            format!(
-                                "a destination list holds IP addresses, not {}",
-                                it.type_name()
-                            ),
+                            format!("a destination list holds IP addresses, not {}", it.type_name()),
                             None,
                         );
                         return None;
@@ -750,10 +709,7 @@ fn parse_destination(cx: &mut Ctx<'_>, n: &Node) -> Option<(Destination, Pos)> {
                 cx.error(
                     "type",
                     n,
-                    format!(
-                        "`destination` must be a name or IP addresses, not {}",
-                        n.type_name()
-                    ),
+                    format!("`destination` must be a name or IP addresses, not {}", n.type_name()),
                     None,
                 );
                 return None;
@@ -764,10 +720,7 @@ fn parse_destination(cx: &mut Ctx<'_>, n: &Node) -> Option<(Destination, Pos)> {
         cx.error("missing-key", n, "`destination` is empty".into(), None);
         return None;
     }
-    let ips: Vec<Option<IpAddr>> = items
-        .iter()
-        .map(|(s, _)| s.parse::<IpAddr>().ok())
-        .collect();
+    let ips: Vec<Option<IpAddr>> = items.iter().map(|(s, _)| s.parse::<IpAddr>().ok()).collect();
     if ips.iter().all(Option::is_some) {
         let ips: Vec<IpAddr> = ips.into_iter().flatten().collect();
         for (ip, (_, node)) in ips.iter().zip(&items) {
@@ -837,9 +790,7 @@ fn aws_checks(cx: &mut Ctx<'_>, n: &Node, name: &Name) {
         let first = labels[0];
         if let Some(idx) = first.rfind(&format!("-{region}"))
             && first[idx + 1 + region.len()..].len() == 1
-            && first[idx + 1 + region.len()..]
-                .bytes()
-                .all(|b| b.is_ascii_lowercase())
+            && first[idx + 1 + region.len()..].bytes().all(|b| b.is_ascii_lowercase())
         {
             let regional = format!("{}.{}", &first[..idx], labels[1..].join("."));
             cx.warn(
@@ -849,9 +800,7 @@ fn aws_checks(cx: &mut Ctx<'_>, n: &Node, name: &Name) {
                     "`{text}` is a zonal endpoint name: it reaches only the {} availability zone",
                     &first[idx + 1..]
                 ),
-                Some(format!(
-                    "use the regional name, which routes to every zone: {regional}"
-                )),
+                Some(format!("use the regional name, which routes to every zone: {regional}")),
             );
         }
     }
@@ -890,10 +839,7 @@ fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
                 pos: r.destination_pos,
                 len,
                 message: format!("route for `{}` points at itself", r.source),
-                hint: Some(
-                    "the destination must be the name or address the registry is reachable at"
-                        .into(),
-                ),
+                hint: Some("the destination must be the name or address the registry is reachable at".into()),
                 related: Vec::new(),
             });
         }
@@ -920,9 +866,7 @@ fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
             pos: head.destination_pos,
             len,
             message,
-            hint: Some(
-                "a destination must lead out of the routes to a name the upstream resolves".into(),
-            ),
+            hint: Some("a destination must lead out of the routes to a name the upstream resolves".into()),
             related: cycle[1..]
                 .iter()
                 .map(|&i| {
@@ -939,11 +883,7 @@ fn check_route_set(cx: &mut Ctx<'_>, routes: &[Route]) {
 /// The route (if any) a destination of `r` leads into, by the same precedence
 /// the server uses: exact first, then the longest wildcard suffix.
 fn next_hop(routes: &[Route], r: &Route) -> Option<usize> {
-    let exact = |n: &Name| {
-        routes
-            .iter()
-            .position(|o| o.source == Source::Exact(n.clone()))
-    };
+    let exact = |n: &Name| routes.iter().position(|o| o.source == Source::Exact(n.clone()));
     let wild = |n: &Name, strict: bool| {
         routes
             .iter()
@@ -1013,10 +953,7 @@ fn read_runtime(cx: &mut Ctx<'_>, rt: &Node, out: &mut Runtime) {
             cx.error(
                 "type",
                 rt,
-                format!(
-                    "`dnsbridge` must be a mapping of settings, not {}",
-                    rt.type_name()
-                ),
+                format!("`dnsbridge` must be a mapping of settings, not {}", rt.type_name()),
                 None,
             );
         }
@@ -1029,9 +966,7 @@ fn read_runtime(cx: &mut Ctx<'_>, rt: &Node, out: &mut Runtime) {
                 .iter()
                 .filter_map(|i| scalar_str(i).map(|s| (s, i.clone())))
                 .collect(),
-            _ => scalar_str(n)
-                .map(|s| vec![(s, n.clone())])
-                .unwrap_or_default(),
+            _ => scalar_str(n).map(|s| vec![(s, n.clone())]).unwrap_or_default(),
         }
     };
     if let Some(n) = rt.get("listen") {

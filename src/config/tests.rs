@@ -1,9 +1,7 @@
 use super::*;
 
 fn wrap(routes: &str) -> String {
-    format!(
-        "spec:\n  infrastructure:\n    executorPrivateDNS:\n      proxyTag: 202311201628\n      routes:\n{routes}"
-    )
+    format!("spec:\n  infrastructure:\n    executorPrivateDNS:\n      proxyTag: 202311201628\n      routes:\n{routes}")
 }
 
 fn rules(text: &str) -> Vec<(&'static str, u32, u32)> {
@@ -44,11 +42,7 @@ fn other_keys_of_the_file_are_ignored() {
 fn typo_names_nearest_key() {
     let text = wrap("        - source: a.corp\n          destiantion: b.pub\n");
     let p = parse_str(&text);
-    let d = p
-        .diagnostics
-        .iter()
-        .find(|d| d.rule == "unknown-key")
-        .unwrap();
+    let d = p.diagnostics.iter().find(|d| d.rule == "unknown-key").unwrap();
     assert_eq!((d.pos.line, d.pos.column), (7, 11));
     assert_eq!(d.hint.as_deref(), Some("did you mean `destination`?"));
     assert_eq!(d.len, "destiantion".len() as u32);
@@ -72,18 +66,11 @@ fn cycles_are_found_and_listed_in_order() {
         "        - source: a.corp\n          destination: b.corp\n        - source: b.corp\n          destination: a.corp\n",
     );
     let p = parse_str(&text);
-    let d = p
-        .diagnostics
-        .iter()
-        .find(|d| d.rule == "route-cycle")
-        .unwrap();
+    let d = p.diagnostics.iter().find(|d| d.rule == "route-cycle").unwrap();
     assert_eq!(d.message, "routes form a cycle: a.corp -> b.corp -> a.corp");
-    let text = wrap(
-        "        - source: \"*.corp.example\"\n          destination: registry.corp.example\n",
-    );
+    let text = wrap("        - source: \"*.corp.example\"\n          destination: registry.corp.example\n");
     assert!(rules(&text).iter().any(|r| r.0 == "route-cycle"));
-    let text =
-        wrap("        - source: \"*.a.example\"\n          destination: \"*.b.a.example\"\n");
+    let text = wrap("        - source: \"*.a.example\"\n          destination: \"*.b.a.example\"\n");
     assert!(rules(&text).iter().any(|r| r.0 == "route-cycle"));
     // A chain that leaves the routes is fine.
     let text = wrap(
@@ -98,11 +85,7 @@ fn duplicate_source_points_at_both() {
         "        - source: A.corp.\n          destination: b.pub\n        - source: a.corp\n          destination: c.pub\n",
     );
     let p = parse_str(&text);
-    let d = p
-        .diagnostics
-        .iter()
-        .find(|d| d.rule == "duplicate-source")
-        .unwrap();
+    let d = p.diagnostics.iter().find(|d| d.rule == "duplicate-source").unwrap();
     assert_eq!(d.pos.line, 8);
     assert_eq!(d.related[0].0.line, 6);
 }
@@ -122,14 +105,13 @@ fn aws_warnings() {
     );
     let p = parse_str(&text);
     assert!(p.config.is_some());
-    let z = p
-        .diagnostics
-        .iter()
-        .find(|d| d.rule == "aws-zonal-endpoint")
-        .unwrap();
-    assert!(z.hint.as_ref().unwrap().ends_with(
-        "vpce-0a1b2c3d4e5f60718-abcd1234.vpce-svc-0123456789abcdef0.us-east-1.vpce.amazonaws.com"
-    ));
+    let z = p.diagnostics.iter().find(|d| d.rule == "aws-zonal-endpoint").unwrap();
+    assert!(
+        z.hint
+            .as_ref()
+            .unwrap()
+            .ends_with("vpce-0a1b2c3d4e5f60718-abcd1234.vpce-svc-0123456789abcdef0.us-east-1.vpce.amazonaws.com")
+    );
     assert!(p.diagnostics.iter().any(|d| d.rule == "aws-service-name"));
 }
 
@@ -141,10 +123,7 @@ fn destinations_forms() {
     let c = parse_str(&text).config.unwrap();
     assert_eq!(
         c.routes[0].destination,
-        Destination::Ips(vec![
-            "192.0.2.1".parse().unwrap(),
-            "2001:db8::1".parse().unwrap()
-        ])
+        Destination::Ips(vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()])
     );
     assert_eq!(
         c.routes[1].destination,
@@ -164,10 +143,7 @@ fn runtime_block() {
     assert_eq!(c.runtime.upstreams, vec!["10.0.0.2:53".parse().unwrap()]);
     assert_eq!(c.runtime.cname_ttl, 5);
     assert_eq!(c.runtime.upstream_timeout, Duration::from_millis(800));
-    assert_eq!(
-        rules("dnsbridge:\n  upstream: 1.2.3.4\n"),
-        vec![("unknown-key", 2, 3)]
-    );
+    assert_eq!(rules("dnsbridge:\n  upstream: 1.2.3.4\n"), vec![("unknown-key", 2, 3)]);
 }
 
 #[test]

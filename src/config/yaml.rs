@@ -178,12 +178,7 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             })
             .unwrap_or(Pos { line: 1, column: 1 });
         // The library's message repeats the position; keep the first line.
-        let message = e
-            .to_string()
-            .lines()
-            .next()
-            .unwrap_or("invalid YAML")
-            .to_string();
+        let message = e.to_string().lines().next().unwrap_or("invalid YAML").to_string();
         SyntaxError { pos, message }
     })
 }
@@ -205,25 +200,13 @@ mod tests {
             .unwrap();
         let tag = dns.get("proxyTag").unwrap();
         assert_eq!(tag.kind, Kind::Int(202311201628));
-        assert_eq!(
-            tag.pos,
-            Pos {
-                line: 4,
-                column: 17
-            }
-        );
+        assert_eq!(tag.pos, Pos { line: 4, column: 17 });
         let Kind::Seq(routes) = &dns.get("routes").unwrap().kind else {
             panic!()
         };
         let dest = routes[0].get("destination").unwrap();
         assert_eq!(dest.kind, Kind::Str("b.example".into()));
-        assert_eq!(
-            dest.pos,
-            Pos {
-                line: 7,
-                column: 24
-            }
-        );
+        assert_eq!(dest.pos, Pos { line: 7, column: 24 });
     }
 
     #[test]

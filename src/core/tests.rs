@@ -2,14 +2,14 @@
 //! upstream is a function from query bytes to answer bytes.
 
 use super::*;
+use crate::cache::{Cache, CacheSettings};
 use crate::config::{self, Config};
 use crate::wire::{Response, read_u16};
 
 const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 fn state(routes_yaml: &str) -> State {
-    let text =
-        format!("spec:\n  infrastructure:\n    executorPrivateDNS:\n      routes:\n{routes_yaml}");
+    let text = format!("spec:\n  infrastructure:\n    executorPrivateDNS:\n      routes:\n{routes_yaml}");
     let p = config::parse_str(&text);
     let cfg: Config = p
         .config
@@ -61,11 +61,7 @@ impl Zone {
     fn answer(&self, q: &[u8]) -> Vec<u8> {
         let p = Query::parse(q).unwrap();
         let qname = Name::from_wire_lower(p.qname_lower());
-        let mut b = MessageBuilder::response(
-            p.id(),
-            flags::QR | flags::RD | flags::RA | flags::AD,
-            p.question_raw(),
-        );
+        let mut b = MessageBuilder::response(p.id(), flags::QR | flags::RD | flags::RA | flags::AD, p.question_raw());
         let mut any = false;
         let mut exists = false;
         for (n, t, ttl, data) in &self.records {
@@ -108,11 +104,18 @@ fn name_rdata(n: &str) -> Vec<u8> {
 /// Drives a query through the core against `zone`; returns the answer and the
 /// upstream queries seen.
 fn run(st: &State, q: &[u8], zone: &Zone, transport: Transport) -> (Vec<u8>, Vec<UpstreamQuery>) {
-    match handle(st, q, LOCAL, transport) {
+    match handle(
+        st,
+        &Cache::new(CacheSettings::default()),
+        q,
+        LOCAL,
+        transport,
+        Instant::now(),
+    ) {
         Action::Reply(b) => (b, vec![]),
         Action::Drop => (vec![], vec![]),
-        Action::Forward => (zone.answer(q), vec![]),
-        Action::Resolve(mut res) => {
+        Action::Forward(_) => (zone.answer(q), vec![]),
+        Action::Resolve(mut res, _) => {
             let mut seen = Vec::new();
             while let Some(uq) = res.next_query() {
                 let resp = zone.answer(&uq.message);
@@ -120,27 +123,17 @@ fn run(st: &State, q: &[u8], zone: &Zone, transport: Transport) -> (Vec<u8>, Vec
                 res.on_response(&resp, &st.table, &st.settings);
                 assert!(seen.len() < 20);
             }
-            (res.into_answer(), seen)
+            (fit(res.into_answer(), &Query::parse(q).unwrap(), transport), seen)
         }
     }
 }
 
 fn zone() -> Zone {
     let mut records = vec![
-        (
-            "registry.public.test",
-            rtype::CNAME,
-            300,
-            name_rdata("edge.cdn.test"),
-        ),
+        ("registry.public.test", rtype::CNAME, 300, name_rdata("edge.cdn.test")),
         ("edge.cdn.test", rtype::A, 120, a([192, 0, 2, 10])),
         ("v4only.public.test", rtype::A, 300, a([192, 0, 2, 20])),
-        (
-            "gone.public.test",
-            rtype::CNAME,
-            300,
-            name_rdata("missing.cdn.test"),
-        ),
+        ("gone.public.test", rtype::CNAME, 300, name_rdata("missing.cdn.test")),
     ];
     for i in 0..40u8 {
         records.push(("big.public.test", rtype::A, 60, a([198, 51, 100, i])));
@@ -179,22 +172,12 @@ fn routed_answer_has_complete_chain_and_echoes_question() {
     assert_eq!(ans[0..2], [0xab, 0xcd]);
     let r = parse(&ans);
     assert_eq!(r.rcode(), rcode::NOERROR);
-    assert_eq!(
-        r.flags & flags::AD,
-        0,
-        "AD is cleared on synthesized answers"
-    );
+    assert_eq!(r.flags & flags::AD, 0, "AD is cleared on synthesized answers");
     let types: Vec<u16> = r.answers.iter().map(|a| a.rtype).collect();
     assert_eq!(types, vec![rtype::CNAME, rtype::CNAME, rtype::A]);
     assert_eq!(r.answers[0].ttl, 30);
-    assert_eq!(
-        r.answers[0].cname_target().unwrap().to_string(),
-        "registry.public.test"
-    );
-    assert_eq!(
-        r.answers[2].ttl, 120,
-        "destination records keep the upstream TTL"
-    );
+    assert_eq!(r.answers[0].cname_target().unwrap().to_string(), "registry.public.test");
+    assert_eq!(r.answers[2].ttl, 120, "destination records keep the upstream TTL");
     // The chain left public.test for cdn.test: the core asked for it itself.
     let asked: Vec<String> = ups.iter().map(|u| u.name.to_string()).collect();
     assert_eq!(asked, vec!["registry.public.test", "edge.cdn.test"]);
@@ -247,17 +230,9 @@ fn ip_destination_answers_itself() {
     let r = parse(&ans);
     assert_eq!(r.answers.len(), 1);
     assert_eq!(r.answers[0].rdata, vec![192, 0, 2, 99]);
-    assert_eq!(
-        &ans[12..12 + 17],
-        &query("IP.corp.example", rtype::A, None, 0)[12..29]
-    );
+    assert_eq!(&ans[12..12 + 17], &query("IP.corp.example", rtype::A, None, 0)[12..29]);
     for t in [rtype::AAAA, rtype::TXT, rtype::MX] {
-        let (ans, _) = run(
-            &st,
-            &query("ip.corp.example", t, None, 0),
-            &zone(),
-            Transport::Udp,
-        );
+        let (ans, _) = run(&st, &query("ip.corp.example", t, None, 0), &zone(), Transport::Udp);
         let r = parse(&ans);
         assert_eq!(r.rcode(), rcode::NOERROR, "type {t}");
         assert!(r.answers.is_empty());
@@ -282,11 +257,13 @@ fn wildcard_keeps_prefix_and_apex_is_forwarded() {
     assert!(matches!(
         handle(
             &st,
+            &Cache::new(CacheSettings::default()),
             &query("w.corp.example", rtype::A, None, 0),
             LOCAL,
-            Transport::Udp
+            Transport::Udp,
+            Instant::now()
         ),
-        Action::Forward
+        Action::Forward(_)
     ));
 }
 
@@ -308,11 +285,7 @@ fn route_chain_is_followed() {
         .collect();
     assert_eq!(
         targets,
-        vec![
-            "registry.corp.example",
-            "registry.public.test",
-            "edge.cdn.test"
-        ]
+        vec!["registry.corp.example", "registry.public.test", "edge.cdn.test"]
     );
     assert_eq!(ups[0].name.to_string(), "registry.public.test");
 }
@@ -329,12 +302,7 @@ fn route_loop_at_run_time_is_servfail() {
     cfg.routes[0].destination = config::Destination::Name(Name::parse("b.corp").unwrap());
     cfg.routes[1].destination = config::Destination::Name(Name::parse("a.corp").unwrap());
     let st = state_from(cfg);
-    let (ans, ups) = run(
-        &st,
-        &query("a.corp", rtype::A, None, 0),
-        &zone(),
-        Transport::Udp,
-    );
+    let (ans, ups) = run(&st, &query("a.corp", rtype::A, None, 0), &zone(), Transport::Udp);
     assert!(ups.is_empty());
     assert_eq!(parse(&ans).rcode(), rcode::SERVFAIL);
 }
@@ -359,12 +327,7 @@ fn flatten_renames_final_records() {
 #[test]
 fn edns_is_our_own_and_do_follows_client() {
     let st = routes();
-    let q = query(
-        "registry.corp.example",
-        rtype::A,
-        Some((4096, true)),
-        flags::CD,
-    );
+    let q = query("registry.corp.example", rtype::A, Some((4096, true)), flags::CD);
     let (ans, ups) = run(&st, &q, &zone(), Transport::Udp);
     let r = parse(&ans);
     let e = r.edns.unwrap();
@@ -405,7 +368,14 @@ fn refused_and_malformed() {
     let mut st = routes();
     st.settings.allow = vec!["10.61.0.0/16".parse().unwrap()];
     let q = query("ReGistry.corp.example", rtype::A, None, 0);
-    let Action::Reply(b) = handle(&st, &q, LOCAL, Transport::Udp) else {
+    let Action::Reply(b) = handle(
+        &st,
+        &Cache::new(CacheSettings::default()),
+        &q,
+        LOCAL,
+        Transport::Udp,
+        Instant::now(),
+    ) else {
         panic!()
     };
     assert_eq!(Header(&b).rcode(), rcode::REFUSED);
@@ -414,7 +384,14 @@ fn refused_and_malformed() {
     // Label length running past the end.
     let mut bad = query("a.corp", rtype::A, None, 0);
     bad[12] = 60;
-    let Action::Reply(b) = handle(&st, &bad, LOCAL, Transport::Udp) else {
+    let Action::Reply(b) = handle(
+        &st,
+        &Cache::new(CacheSettings::default()),
+        &bad,
+        LOCAL,
+        Transport::Udp,
+        Instant::now(),
+    ) else {
         panic!()
     };
     assert_eq!(Header(&b).rcode(), rcode::FORMERR);
@@ -423,17 +400,38 @@ fn refused_and_malformed() {
     let mut resp = q.clone();
     resp[2] |= 0x80;
     assert!(matches!(
-        handle(&st, &resp, LOCAL, Transport::Udp),
+        handle(
+            &st,
+            &Cache::new(CacheSettings::default()),
+            &resp,
+            LOCAL,
+            Transport::Udp,
+            Instant::now()
+        ),
         Action::Drop
     ));
     assert!(matches!(
-        handle(&st, &q[..5], LOCAL, Transport::Udp),
+        handle(
+            &st,
+            &Cache::new(CacheSettings::default()),
+            &q[..5],
+            LOCAL,
+            Transport::Udp,
+            Instant::now()
+        ),
         Action::Drop
     ));
     // NOTIFY (opcode 4) is not implemented.
     let mut notify = q.clone();
     notify[2] = (notify[2] & 0x87) | (4 << 3);
-    let Action::Reply(b) = handle(&st, &notify, LOCAL, Transport::Udp) else {
+    let Action::Reply(b) = handle(
+        &st,
+        &Cache::new(CacheSettings::default()),
+        &notify,
+        LOCAL,
+        Transport::Udp,
+        Instant::now(),
+    ) else {
         panic!()
     };
     assert_eq!(Header(&b).rcode(), rcode::NOTIMP);
@@ -472,8 +470,5 @@ fn cname_query_gets_the_synthesized_cname_only() {
     assert!(ups.is_empty());
     let r = parse(&ans);
     assert_eq!(r.answers.len(), 1);
-    assert_eq!(
-        r.answers[0].cname_target().unwrap().to_string(),
-        "registry.public.test"
-    );
+    assert_eq!(r.answers[0].cname_target().unwrap().to_string(), "registry.public.test");
 }

@@ -1,0 +1,368 @@
+//! `dnsbridge serve`: start-up, hot reload and shutdown around the server.
+//!
+//! The config is read and validated whole before anything changes; a reload
+//! (SIGHUP, or the file changing on disk) builds a complete new [`State`] and
+//! swaps it in atomically, or keeps the old one and says why. Listeners are
+//! bound once and never re-bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use thiserror::Error;
+use tokio::task::JoinHandle;
+
+use crate::cache::{self, Cache, CacheSettings};
+use crate::config::{self, Config, Diagnostic, LoadError, Route};
+use crate::core::{Settings, State};
+use crate::net::Cidr;
+use crate::ratelimit::RateLimiter;
+use crate::route::RouteTable;
+use crate::server::{self, Shared};
+use crate::upstream::{self, Upstreams};
+
+/// Settings given on the command line; each overrides the file when set.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub listen: Vec<SocketAddr>,
+    pub upstreams: Vec<SocketAddr>,
+    pub allow: Vec<Cidr>,
+    pub cname_ttl: Option<u32>,
+    pub flatten: bool,
+    pub upstream_timeout: Option<Duration>,
+    pub cache_bytes: Option<u64>,
+    pub rate_limit: Option<u32>,
+    pub metrics: Option<SocketAddr>,
+    /// Switch to this user once the listeners are bound.
+    pub user: Option<String>,
+    /// Log every query (client, name, type, outcome).
+    pub query_log: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("{path}: {count} error(s) in the config; nothing changed. Run `dnsbridge validate {path}` to see them all")]
+    Invalid {
+        path: String,
+        count: usize,
+        diagnostics: Vec<Diagnostic>,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ServeError {
+    pub fn is_config(&self) -> bool {
+        !matches!(self, ServeError::Io(_))
+    }
+}
+
+/// Loads the file (if any) and applies the overrides.
+pub fn effective_config(o: &Overrides) -> Result<Config, ServeError> {
+    let mut cfg = match &o.config {
+        Some(path) => config::load_file(path).map_err(|e| match e {
+            LoadError::Invalid { path, diagnostics, .. } => ServeError::Invalid {
+                path: path.display().to_string(),
+                count: diagnostics.len(),
+                diagnostics,
+            },
+            e => ServeError::Config(e.to_string()),
+        })?,
+        None => Config::default(),
+    };
+    let rt = &mut cfg.runtime;
+    if !o.listen.is_empty() {
+        rt.listen = o.listen.clone();
+    }
+    if !o.upstreams.is_empty() {
+        rt.upstreams = o.upstreams.clone();
+    }
+    if !o.allow.is_empty() {
+        rt.allow = o.allow.clone();
+    }
+    if let Some(t) = o.cname_ttl {
+        rt.cname_ttl = t;
+    }
+    if o.flatten {
+        rt.flatten = true;
+    }
+    if let Some(t) = o.upstream_timeout {
+        rt.upstream_timeout = t;
+    }
+    if o.metrics.is_some() {
+        rt.metrics = o.metrics;
+    }
+    Ok(cfg)
+}
+
+/// True when sending to `upstream` would reach one of our own listeners.
+pub fn is_self(upstream: SocketAddr, listen: &[SocketAddr]) -> bool {
+    listen.iter().any(|l| {
+        l.port() == upstream.port()
+            && (l.ip() == upstream.ip()
+                || (l.ip().is_unspecified() && (upstream.ip().is_loopback() || upstream.ip().is_unspecified())))
+    })
+}
+
+/// The upstreams to use: the configured ones (refusing any that is this
+/// proxy), or resolv.conf's minus this proxy.
+pub fn resolve_upstreams(cfg: &Config, listen: &[SocketAddr]) -> Result<Vec<SocketAddr>, ServeError> {
+    for r in &cfg.routes {
+        if let Some(res) = r.resolver
+            && is_self(res, listen)
+        {
+            return Err(ServeError::Config(format!(
+                "the route for {} resolves through {res}, which is this proxy itself: a forwarding loop",
+                r.source
+            )));
+        }
+    }
+    if let Some(u) = cfg.runtime.upstreams.iter().find(|u| is_self(**u, listen)) {
+        return Err(ServeError::Config(format!(
+            "upstream {u} is this proxy's own listen address: that would be a forwarding loop"
+        )));
+    }
+    if !cfg.runtime.upstreams.is_empty() {
+        return Ok(cfg.runtime.upstreams.clone());
+    }
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    Ok(upstream::parse_resolv_conf(&text)
+        .into_iter()
+        .filter(|u| !is_self(*u, listen))
+        .collect())
+}
+
+pub fn build_state(cfg: &Config) -> State {
+    State {
+        table: RouteTable::new(cfg.routes.clone()),
+        settings: Settings {
+            allow: cfg.runtime.allow.clone(),
+            cname_ttl: cfg.runtime.cname_ttl,
+            flatten: cfg.runtime.flatten,
+        },
+    }
+}
+
+/// Two routes answer the same way (positions in the file do not matter).
+fn same_route(a: Option<&Route>, b: Option<&Route>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.source == b.source
+                && a.destination == b.destination
+                && a.resolver == b.resolver
+                && a.flatten == b.flatten
+                && a.ttl == b.ttl
+        }
+        _ => false,
+    }
+}
+
+/// A running proxy: what reloads and shutdown act on.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub bound: Vec<(&'static str, SocketAddr)>,
+    pub listen: Vec<SocketAddr>,
+    overrides: Overrides,
+    tasks: Vec<JoinHandle<()>>,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// Unix time of the last successful (re)load.
+    pub last_reload_ok: AtomicU64,
+}
+
+impl Running {
+    /// Binds every listener and starts serving.
+    pub async fn start(o: Overrides) -> Result<Arc<Running>, ServeError> {
+        let cfg = effective_config(&o)?;
+        for w in &cfg.warnings {
+            tracing::warn!("config {}: {} [{}]", w.pos, w.message, w.rule);
+        }
+        let listen = cfg.runtime.listen.clone();
+        let ups = resolve_upstreams(&cfg, &listen)?;
+        if ups.is_empty() {
+            tracing::warn!(
+                "no upstream resolver: /etc/resolv.conf names none besides this proxy; give --upstream. Routes to IP addresses still answer."
+            );
+        }
+        let upstreams = Upstreams::new(ups.clone(), cfg.runtime.upstream_timeout).await?;
+        let mut cs = CacheSettings::default();
+        if let Some(b) = o.cache_bytes {
+            cs.max_bytes = b;
+        }
+        let cache = Cache::new(cs);
+        let limiter = RateLimiter::new(o.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT), true);
+        let shared = Shared::new(build_state(&cfg), upstreams, cache, limiter);
+        shared.query_log.store(o.query_log, Ordering::Relaxed);
+        let mut bound = Vec::new();
+        let mut tasks = Vec::new();
+        for addr in &listen {
+            let udp = server::bind_udp(*addr)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
+            let b = udp.local_addr()?;
+            // TCP on the same port as UDP, also when the port was 0.
+            let tcp =
+                server::bind_tcp(b).map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind TCP {b}: {e}")))?;
+            tracing::info!("bound udp {b}");
+            tracing::info!("bound tcp {}", tcp.local_addr()?);
+            bound.push(("udp", b));
+            bound.push(("tcp", tcp.local_addr()?));
+            tasks.push(tokio::spawn(server::serve_udp(Arc::new(udp), shared.clone())));
+            tasks.push(tokio::spawn(server::serve_tcp(tcp, shared.clone())));
+        }
+        if let Some(user) = &o.user {
+            crate::privdrop::drop_to(user, cfg.runtime.egress_set.is_some())
+                .map_err(|e| ServeError::Config(format!("cannot drop privileges: {e}")))?;
+        }
+        tracing::info!(
+            routes = cfg.routes.len(),
+            upstreams = ?ups,
+            "dnsbridge serving; reload with SIGHUP or by editing the config file"
+        );
+        let running = Arc::new(Running {
+            shared,
+            bound,
+            listen,
+            overrides: o,
+            tasks,
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            last_reload_ok: AtomicU64::new(unix_now()),
+        });
+        running.shared.upstreams_prober();
+        Ok(running)
+    }
+
+    /// Re-reads the config; swaps it in whole, or keeps the old one.
+    pub fn reload(&self) -> Result<(), ServeError> {
+        let result = self.try_reload();
+        match &result {
+            Ok(()) => {
+                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.last_reload_ok.store(unix_now(), Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                if let ServeError::Invalid { path, diagnostics, .. } = e {
+                    for d in diagnostics {
+                        tracing::error!("{path}:{}: {} [{}]", d.pos, d.message, d.rule);
+                    }
+                }
+                tracing::error!("reload failed, still serving the previous config: {e}");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<(), ServeError> {
+        let cfg = effective_config(&self.overrides)?;
+        if cfg.runtime.listen != self.listen {
+            tracing::warn!(
+                "listen addresses changed in the config; listeners are never re-bound on reload: restart to apply"
+            );
+        }
+        let ups = resolve_upstreams(&cfg, &self.listen)?;
+        let new = Arc::new(build_state(&cfg));
+        let old = self.shared.state.swap(new.clone());
+        self.shared.upstreams.set_servers(&ups);
+        let settings_changed =
+            old.settings.cname_ttl != new.settings.cname_ttl || old.settings.flatten != new.settings.flatten;
+        // Drop the cached answers whose route changed (or that a new route
+        // now captures), so the new routes take effect at once.
+        self.shared.cache.remove_where(|k, e| {
+            let name = cache::key_name(k);
+            (e.routed && settings_changed)
+                || !same_route(
+                    old.table.lookup(name).map(|m| m.route),
+                    new.table.lookup(name).map(|m| m.route),
+                )
+        });
+        for w in &cfg.warnings {
+            tracing::warn!("config {}: {} [{}]", w.pos, w.message, w.rule);
+        }
+        tracing::info!(routes = cfg.routes.len(), "config reloaded");
+        Ok(())
+    }
+
+    /// Stops taking queries, waits for those in flight (bounded), and returns.
+    pub async fn drain(&self, bound: Duration) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        for t in &self.tasks {
+            t.abort();
+        }
+        let deadline = tokio::time::Instant::now() + bound;
+        while self.shared.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(unanswered = self.shared.in_flight(), "drained");
+    }
+
+    /// Watches the config file (polling its metadata, which also sees a file
+    /// replaced by rename, as editors and config syncers do).
+    pub fn watch_config(self: &Arc<Self>) {
+        let Some(path) = self.overrides.config.clone() else {
+            return;
+        };
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut last = stamp(&path);
+            loop {
+                tokio::time::sleep(WATCH_EVERY).await;
+                let now = stamp(&path);
+                if now == last {
+                    continue;
+                }
+                // Let a writer finish: reload once the file has stopped changing.
+                tokio::time::sleep(SETTLE).await;
+                let settled = stamp(&path);
+                if settled != now {
+                    continue;
+                }
+                last = settled;
+                let Some(me) = me.upgrade() else { return };
+                if now.is_none() {
+                    tracing::warn!(path = %path.display(), "config file disappeared; still serving the previous config");
+                    continue;
+                }
+                tracing::info!(path = %path.display(), "config file changed; reloading");
+                let _ = me.reload();
+            }
+        });
+    }
+}
+
+/// Default per-client query rate (non-loopback clients), per second.
+pub const DEFAULT_RATE_LIMIT: u32 = 2000;
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+const SETTLE: Duration = Duration::from_millis(100);
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Shared {
+    fn upstreams_prober(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(me) = me.upgrade() else { return };
+                me.upstreams.probe_down().await;
+            }
+        });
+    }
+}
