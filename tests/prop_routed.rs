@@ -7,11 +7,14 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType};
 use proptest::prelude::*;
 use proptest::test_runner::Config as PropConfig;
+use tokio::time::Instant;
 
+use dnsbridge::cache::{Cache, CacheSettings};
 use dnsbridge::config::yaml::Pos;
 use dnsbridge::config::{self, Destination, Route, Source};
 use dnsbridge::core::{self, Action, Settings, State, Transport, UpstreamQuery};
@@ -88,16 +91,14 @@ fn route_spec() -> impl Strategy<Value = RouteSpec> {
         proptest::option::of(any::<bool>()),
         proptest::option::of(0u32..=86400),
     )
-        .prop_map(
-            |(wildcard, source, dest, resolver, flatten, ttl)| RouteSpec {
-                wildcard,
-                source,
-                dest,
-                resolver,
-                flatten,
-                ttl,
-            },
-        )
+        .prop_map(|(wildcard, source, dest, resolver, flatten, ttl)| RouteSpec {
+            wildcard,
+            source,
+            dest,
+            resolver,
+            flatten,
+            ttl,
+        })
 }
 
 /// Writes the specs as an instance config.yaml, keeping only what can be
@@ -135,9 +136,7 @@ fn to_yaml(specs: &[RouteSpec]) -> String {
                 _ => "lb.pub.test".into(),
             },
         };
-        y.push_str(&format!(
-            "        - source: {src}\n          destination: {dst}\n"
-        ));
+        y.push_str(&format!("        - source: {src}\n          destination: {dst}\n"));
         if s.resolver && name_dest {
             y.push_str("          resolverIP: 127.0.0.1\n");
         }
@@ -300,20 +299,15 @@ struct GenAnswer {
 }
 
 fn gen_record() -> impl Strategy<Value = GenRecord> {
-    (
-        0usize..6,
-        0usize..12,
-        0u32..100_000,
-        0usize..12,
-        any::<[u8; 16]>(),
-    )
-        .prop_map(|(owner, kind, ttl, target, seed)| GenRecord {
+    (0usize..6, 0usize..12, 0u32..100_000, 0usize..12, any::<[u8; 16]>()).prop_map(
+        |(owner, kind, ttl, target, seed)| GenRecord {
             owner,
             kind,
             ttl,
             target,
             seed,
-        })
+        },
+    )
 }
 
 fn gen_answer() -> impl Strategy<Value = GenAnswer> {
@@ -391,13 +385,7 @@ fn encode_answer(uq: &UpstreamQuery, g: &GenAnswer, pool: &[String]) -> Option<V
     } else {
         question.extend_from_slice(q.question_raw());
     }
-    let pick = |i: usize| -> &str {
-        if i == 0 {
-            &asked
-        } else {
-            &pool[i % pool.len()]
-        }
-    };
+    let pick = |i: usize| -> &str { if i == 0 { &asked } else { &pool[i % pool.len()] } };
     // (owner, type, ttl, rdata) for each answer record.
     let mut records: Vec<(String, u16, u32, Vec<u8>)> = Vec::new();
     let mut cur = asked.clone();
@@ -523,11 +511,8 @@ fn encode_answer(uq: &UpstreamQuery, g: &GenAnswer, pool: &[String]) -> Option<V
 
 /// The checks every answer to `query` must pass.
 fn check_answer(query: &[u8], answer: &[u8], transport: Transport) -> Result<(), TestCaseError> {
-    let msg = Message::from_vec(answer).map_err(|e| {
-        TestCaseError::fail(format!(
-            "hickory cannot parse the answer: {e}\nanswer: {answer:02x?}"
-        ))
-    })?;
+    let msg = Message::from_vec(answer)
+        .map_err(|e| TestCaseError::fail(format!("hickory cannot parse the answer: {e}\nanswer: {answer:02x?}")))?;
     prop_assert_eq!(msg.metadata.message_type, MessageType::Response);
     prop_assert_eq!(&answer[..2], &query[..2], "ID differs");
     let q = Query::parse(query).expect("the test's query parses");
@@ -550,27 +535,30 @@ fn check_answer(query: &[u8], answer: &[u8], transport: Transport) -> Result<(),
     Ok(())
 }
 
-/// Runs one query through the core with the generated upstream answers (one
-/// per upstream exchange, the last one repeated) and checks what comes out.
+/// Runs one query through the core as the server does (cache lookup, then
+/// the generated upstream answers, one per upstream exchange with the last
+/// one repeated, then the cache insert) and checks what comes out. Then asks
+/// again with another ID and letter case: from the cache while fresh, and
+/// stale once expired with every upstream down.
+#[allow(clippy::too_many_arguments)]
 fn run(
     state: &State,
+    cache: &Cache,
     specs: &[RouteSpec],
     query: &[u8],
+    again: &[u8],
     cq: &ClientQuery,
     answers: &[GenAnswer],
     extra_names: &[String],
 ) -> Result<(), TestCaseError> {
-    let transport = if cq.tcp {
-        Transport::Tcp
-    } else {
-        Transport::Udp
-    };
+    let transport = if cq.tcp { Transport::Tcp } else { Transport::Udp };
     let client = if cq.denied { DENIED } else { ALLOWED };
-    match core::handle(state, query, client, transport) {
+    let now = Instant::now();
+    let parsed = Query::parse(query).unwrap();
+    match core::handle(state, cache, query, client, transport, now) {
         Action::Reply(a) => check_answer(query, &a, transport)?,
         Action::Drop => prop_assert!(false, "a well-formed query was dropped"),
-        Action::Forward => {
-            let parsed = Query::parse(query).unwrap();
+        Action::Forward(miss) => {
             prop_assert!(
                 state.table.lookup(parsed.qname_lower()).is_none() || parsed.qclass != 1,
                 "a routed name was forwarded"
@@ -583,14 +571,15 @@ fn run(
             };
             let pool = name_pool(specs, &uq.name.to_string(), extra_names);
             if let Some(resp) = encode_answer(&uq, &answers[0], &pool)
-                && let Some(a) = core::finish_forward(query, resp, transport)
+                && let Some(full) = core::finish_forward(query, resp, Transport::Tcp)
             {
-                check_answer(query, &a, transport)?;
+                cache.insert(miss.key.clone(), &full, false, now);
+                check_answer(query, &core::fit(full, &parsed, transport), transport)?;
             }
-            let a = core::forward_failure(query, transport).expect("a failure answer");
+            let a = core::upstream_failure(query, miss.stale.as_deref(), transport, now).expect("a failure answer");
             check_answer(query, &a, transport)?;
         }
-        Action::Resolve(mut res) => {
+        Action::Resolve(mut res, miss) => {
             let mut step = 0usize;
             while let Some(uq) = res.next_query() {
                 prop_assert!(step < 64, "the resolution does not end");
@@ -608,11 +597,42 @@ fn run(
                 }
                 step += 1;
             }
+            let failed = res.upstream_failed;
+            // The whole answer, before it is fitted to the client's UDP size
+            // (the server caches it whole).
             let a = res.into_answer();
-            check_answer(query, &a, transport)?;
+            check_answer(query, &a, Transport::Tcp)?;
+            if failed {
+                let a = core::upstream_failure(query, miss.stale.as_deref(), transport, now).expect("a failure answer");
+                check_answer(query, &a, transport)?;
+            } else {
+                cache.insert(miss.key.clone(), &a, true, now);
+                check_answer(query, &core::fit(a, &parsed, transport), transport)?;
+            }
+        }
+    }
+    // The same question again: a fresh cache hit, then a stale one.
+    for later in [now + Duration::from_secs(1), now + Duration::from_secs(86_401)] {
+        match core::handle(state, cache, again, client, transport, later) {
+            Action::Reply(a) => check_answer(again, &a, transport)?,
+            Action::Drop => prop_assert!(false, "a well-formed query was dropped"),
+            Action::Forward(miss) | Action::Resolve(_, miss) => {
+                let a = core::upstream_failure(again, miss.stale.as_deref(), transport, later).expect("an answer");
+                check_answer(again, &a, transport)?;
+            }
         }
     }
     Ok(())
+}
+
+/// A cache as the server's, with a window that keeps expired answers for
+/// serving stale.
+fn cache() -> Cache {
+    Cache::new(CacheSettings {
+        max_bytes: 1 << 20,
+        stale_for: Duration::from_secs(86_400),
+        ..CacheSettings::default()
+    })
 }
 
 fn state_from_yaml(yaml: &str, flatten: bool) -> Option<State> {
@@ -655,9 +675,10 @@ proptest! {
         // captures its own destination). Those are not valid route sets.
         prop_assume!(state.is_some());
         let state = state.unwrap();
-        let qname = mix_case(&pick_qname(&specs, pick, &prefix.join("."), &other), case_bits);
-        let query = encode_query(&cq, &qname);
-        run(&state, &specs, &query, &cq, &answers, &extra_names)?;
+        let name = pick_qname(&specs, pick, &prefix.join("."), &other);
+        let query = encode_query(&cq, &mix_case(&name, case_bits));
+        let again = encode_query(&ClientQuery { id: cq.id ^ 0x5a5a, ..cq.clone() }, &mix_case(&name, !case_bits));
+        run(&state, &cache(), &specs, &query, &again, &cq, &answers, &extra_names)?;
     }
 
     /// Route sets built directly, skipping validation (cycles, a wildcard
@@ -708,9 +729,10 @@ proptest! {
                 flatten: false,
             },
         };
-        let qname = mix_case(&pick_qname(&specs, pick, &prefix.join("."), &other), case_bits);
-        let query = encode_query(&cq, &qname);
-        run(&state, &specs, &query, &cq, &answers, &[])?;
+        let name = pick_qname(&specs, pick, &prefix.join("."), &other);
+        let query = encode_query(&cq, &mix_case(&name, case_bits));
+        let again = encode_query(&ClientQuery { id: cq.id.wrapping_add(1), ..cq.clone() }, &name.to_ascii_uppercase());
+        run(&state, &cache(), &specs, &query, &again, &cq, &answers, &[])?;
     }
 
     /// The packet parser on arbitrary bytes.
@@ -749,7 +771,7 @@ proptest! {
         )
         .unwrap();
         let transport = if cq.tcp { Transport::Tcp } else { Transport::Udp };
-        if let Action::Reply(a) = core::handle(&state, &q, ALLOWED, transport) {
+        if let Action::Reply(a) = core::handle(&state, &cache(), &q, ALLOWED, transport, Instant::now()) {
             prop_assert!(a.len() >= wire::HEADER_LEN);
             prop_assert_eq!(&a[..2], &q[..2]);
             prop_assert!(Message::from_vec(&a).is_ok(), "answer {:02x?}", a);

@@ -6,8 +6,11 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use std::time::Duration;
+
+use dnsbridge::cache::{Cache, CacheSettings};
 use dnsbridge::config;
-use dnsbridge::core::{Action, Resolution, Settings, State, Transport, UpstreamQuery};
+use dnsbridge::core::{self, Action, Resolution, Settings, State, Transport, UpstreamQuery};
 use dnsbridge::name::Name;
 use dnsbridge::route::RouteTable;
 use dnsbridge::wire::{self, MessageBuilder, Query, Response, flags, rcode, rtype};
@@ -58,6 +61,16 @@ pub fn state() -> State {
             flatten: false,
         },
     }
+}
+
+/// A small cache, new for each input so that runs do not depend on each
+/// other.
+pub fn cache() -> Cache {
+    Cache::new(CacheSettings {
+        max_bytes: 64 << 10,
+        stale_for: Duration::from_secs(86_400),
+        ..CacheSettings::default()
+    })
 }
 
 pub const ALLOWED: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -179,6 +192,7 @@ pub fn scripted_answer(uq: &UpstreamQuery, sel: u8, extra: &[u8]) -> Option<Vec<
 pub fn drive(
     state: &State,
     mut res: Resolution,
+    failed: &mut bool,
     mut next_answer: impl FnMut(&UpstreamQuery) -> Option<Vec<u8>>,
 ) -> Vec<u8> {
     let mut steps = 0;
@@ -191,6 +205,7 @@ pub fn drive(
             None => res.on_upstream_failure(),
         }
     }
+    *failed = res.upstream_failed;
     res.into_answer()
 }
 
@@ -198,15 +213,8 @@ pub fn drive(
 /// question byte for byte; with `strict`, our own parser reads it back (not
 /// for forwarded answers, whose records are the upstream's bytes untouched).
 pub fn check_answer(query: &[u8], answer: &[u8], transport: Transport, strict: bool) {
-    assert!(
-        answer.len() >= wire::HEADER_LEN,
-        "answer shorter than a header"
-    );
-    assert_eq!(
-        answer[..2],
-        query[..2],
-        "answer ID differs from the query's"
-    );
+    assert!(answer.len() >= wire::HEADER_LEN, "answer shorter than a header");
+    assert_eq!(answer[..2], query[..2], "answer ID differs from the query's");
     let h = wire::Header(answer);
     assert!(h.qr(), "answer without QR");
     if transport == Transport::Udp
@@ -237,19 +245,21 @@ pub fn check_answer(query: &[u8], answer: &[u8], transport: Transport, strict: b
     }
 }
 
-/// Handles `packet` through the core with a scripted upstream.
-pub fn run_query(
-    state: &State,
-    packet: &[u8],
-    client: IpAddr,
-    transport: Transport,
-    script: &[u8],
-) {
+/// Handles `packet` through the core as the server does (cache lookup,
+/// scripted upstream, cache insert, fitting to the client), then asks again
+/// with the letter case flipped: fresh from the cache, then stale.
+pub fn run_query(state: &State, packet: &[u8], client: IpAddr, transport: Transport, script: &[u8]) {
     let mut script = Bytes(script);
-    match dnsbridge::core::handle(state, packet, client, transport) {
+    let cache = cache();
+    let now = tokio::time::Instant::now();
+    // A forwarded answer holds the upstream's records untouched: our parser
+    // need not accept them, in the cache either.
+    let mut strict_again = true;
+    match core::handle(state, &cache, packet, client, transport, now) {
         Action::Reply(a) => check_answer(packet, &a, transport, true),
         Action::Drop => {}
-        Action::Forward => {
+        Action::Forward(miss) => {
+            strict_again = false;
             // The upstream echoes the question lowercased, as many do.
             let q = Query::parse(packet).expect("a forwarded query parses");
             let mut echo = q.question_raw().to_vec();
@@ -259,21 +269,64 @@ pub fn run_query(
                 b.put_record(1, None, q.qtype, q.qclass, 60, script.take(40));
             }
             let resp = b.finish();
-            if let Some(a) = dnsbridge::core::finish_forward(packet, resp, transport) {
-                check_answer(packet, &a, transport, false);
+            if let Some(full) = core::finish_forward(packet, resp, Transport::Tcp) {
+                cache.insert(miss.key.clone(), &full, false, now);
+                check_answer(packet, &core::fit(full, &q, transport), transport, false);
             }
-            if let Some(a) = dnsbridge::core::forward_failure(packet, transport) {
+            if let Some(a) = core::upstream_failure(packet, miss.stale.as_deref(), transport, now) {
                 check_answer(packet, &a, transport, true);
             }
         }
-        Action::Resolve(res) => {
-            let a = drive(state, *res, |uq| {
+        Action::Resolve(res, miss) => {
+            let q = Query::parse(packet).expect("a routed query parses");
+            let mut failed = false;
+            let a = drive(state, *res, &mut failed, |uq| {
                 let sel = script.byte();
                 let n = script.byte() as usize;
                 let extra = script.take(n * 4);
                 scripted_answer(uq, sel, extra)
             });
-            check_answer(packet, &a, transport, true);
+            check_answer(packet, &a, Transport::Tcp, true);
+            if failed {
+                if let Some(a) = core::upstream_failure(packet, miss.stale.as_deref(), transport, now) {
+                    check_answer(packet, &a, transport, true);
+                }
+            } else {
+                cache.insert(miss.key.clone(), &a, true, now);
+                check_answer(packet, &core::fit(a, &q, transport), transport, true);
+            }
         }
     }
+    // Again, in another letter case: served from the cache when stored.
+    let mut again = packet.to_vec();
+    if let Ok(q) = Query::parse(packet) {
+        again[wire::HEADER_LEN..q.qname_end].copy_from_slice(&flip_case(&packet[wire::HEADER_LEN..q.qname_end]));
+    }
+    for later in [now + Duration::from_secs(1), now + Duration::from_secs(86_401)] {
+        match core::handle(state, &cache, &again, client, transport, later) {
+            Action::Reply(a) => check_answer(&again, &a, transport, strict_again),
+            Action::Drop => {}
+            Action::Forward(miss) | Action::Resolve(_, miss) => {
+                if let Some(a) = core::upstream_failure(&again, miss.stale.as_deref(), transport, later) {
+                    check_answer(&again, &a, transport, strict_again || miss.stale.is_none());
+                }
+            }
+        }
+    }
+}
+
+/// Flips the letter case in a wire name's labels (not the length bytes).
+fn flip_case(name: &[u8]) -> Vec<u8> {
+    let mut out = name.to_vec();
+    let mut i = 0;
+    while i < out.len() {
+        let len = out[i] as usize;
+        for b in out.iter_mut().skip(i + 1).take(len) {
+            if b.is_ascii_alphabetic() {
+                *b ^= 0x20;
+            }
+        }
+        i += 1 + len;
+    }
+    out
 }

@@ -24,10 +24,7 @@ fuzz_target!(|data: &[u8]| {
     match &parsed.config {
         Some(cfg) => {
             assert!(
-                parsed
-                    .diagnostics
-                    .iter()
-                    .all(|d| d.severity != Severity::Error),
+                parsed.diagnostics.iter().all(|d| d.severity != Severity::Error),
                 "a config was built despite errors"
             );
             let table = RouteTable::new(cfg.routes.clone());
@@ -40,10 +37,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = dnsbridge::telemetry::routes_json(&cfg.routes, 30, false);
         }
         None => assert!(
-            parsed
-                .diagnostics
-                .iter()
-                .any(|d| d.severity == Severity::Error),
+            parsed.diagnostics.iter().any(|d| d.severity == Severity::Error),
             "no config and no error"
         ),
     }

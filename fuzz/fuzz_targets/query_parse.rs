@@ -32,15 +32,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(!q.qname_lower().is_empty());
         assert_eq!(q.question_raw().len() + 12, q.question_end);
     }
-    let client = if ctl & 1 == 0 {
-        common::ALLOWED
-    } else {
-        common::DENIED
-    };
-    let transport = if ctl & 2 == 0 {
-        Transport::Udp
-    } else {
-        Transport::Tcp
-    };
+    let client = if ctl & 1 == 0 { common::ALLOWED } else { common::DENIED };
+    let transport = if ctl & 2 == 0 { Transport::Udp } else { Transport::Tcp };
     common::run_query(state, packet, client, transport, script);
 });

@@ -56,30 +56,24 @@ fuzz_target!(|data: &[u8]| {
     let qtype = TYPES[(sel as usize / NAMES.len()) % TYPES.len()];
     let mut b = MessageBuilder::query(0xbeef, flags::RD | flags::CD, &qname, qtype);
     if mode & 1 != 0 {
-        b.put_opt(
-            if mode & 2 != 0 { 512 } else { 4096 },
-            0,
-            mode & 4 != 0,
-            &[],
-        );
+        b.put_opt(if mode & 2 != 0 { 512 } else { 4096 }, 0, mode & 4 != 0, &[]);
     }
     let mut query = b.finish();
     // Mixed case in the question, as a client may send it.
     if let Some(c) = query.get_mut(wire::HEADER_LEN + 1) {
         c.make_ascii_uppercase();
     }
-    let transport = if mode & 8 != 0 {
-        Transport::Tcp
-    } else {
-        Transport::Udp
-    };
-    let Action::Resolve(res) = dnsbridge::core::handle(state, &query, common::ALLOWED, transport)
+    let transport = if mode & 8 != 0 { Transport::Tcp } else { Transport::Udp };
+    let cache = common::cache();
+    let now = tokio::time::Instant::now();
+    let Action::Resolve(res, _) = dnsbridge::core::handle(state, &cache, &query, common::ALLOWED, transport, now)
     else {
         // IP destinations answer at once; checked by query_parse.
         return;
     };
     let mut step = 0u32;
-    let answer = common::drive(state, *res, |uq| {
+    let mut failed = false;
+    let answer = common::drive(state, *res, &mut failed, |uq| {
         step += 1;
         if step == 1 && mode & 0x30 == 0 {
             // The raw fuzz bytes as the answer.
@@ -88,8 +82,7 @@ fuzz_target!(|data: &[u8]| {
         // The right header and question followed by fuzz records, so that
         // the record handling is reached; later hops get scripted answers.
         if step == 1 {
-            let mut m =
-                MessageBuilder::response(0, flags::QR | flags::RA, &uq.message[12..]).finish();
+            let mut m = MessageBuilder::response(0, flags::QR | flags::RA, &uq.message[12..]).finish();
             // Replace counts and flags with fuzz-chosen ones.
             if upstream.len() >= 8 {
                 m[2..4].copy_from_slice(&upstream[..2]);
@@ -101,5 +94,8 @@ fuzz_target!(|data: &[u8]| {
         }
         common::scripted_answer(uq, (step as u8).wrapping_mul(mode), upstream)
     });
-    common::check_answer(&query, &answer, transport, true);
+    // Whole, as cached; then fitted to the client.
+    common::check_answer(&query, &answer, Transport::Tcp, true);
+    let q = dnsbridge::wire::Query::parse(&query).expect("the query parses");
+    common::check_answer(&query, &dnsbridge::core::fit(answer, &q, transport), transport, true);
 });

@@ -101,8 +101,7 @@ pub fn parse_head(head: &[u8]) -> Result<RequestLine, Reply> {
     let line = std::str::from_utf8(&head[..line_end]).map_err(|_| bad())?;
     let line = line.strip_suffix('\r').unwrap_or(line);
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(bad());
     };
@@ -153,8 +152,7 @@ pub fn route(req: &RequestLine, metrics: &Metrics, status: &dyn Status) -> Reply
             Err(why) => Reply::text(503, format!("not ready: {}\n", one_line(&why))),
         },
         "/routes" => {
-            let mut body = serde_json::to_string_pretty(&status.routes_json())
-                .unwrap_or_else(|_| "null".into());
+            let mut body = serde_json::to_string_pretty(&status.routes_json()).unwrap_or_else(|_| "null".into());
             body.push('\n');
             Reply {
                 code: 200,

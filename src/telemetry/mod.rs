@@ -61,18 +61,12 @@ const N_TRANSPORT: usize = 2;
 
 /// Bucket of a query type in the `qtype` label.
 pub fn qtype_index(qtype: u16) -> usize {
-    QTYPES
-        .iter()
-        .position(|&(_, t)| t == qtype)
-        .unwrap_or(QTYPES.len())
+    QTYPES.iter().position(|&(_, t)| t == qtype).unwrap_or(QTYPES.len())
 }
 
 /// Bucket of a response code in the `rcode` label.
 pub fn rcode_index(rc: u8) -> usize {
-    RCODES
-        .iter()
-        .position(|&(_, c)| c == rc)
-        .unwrap_or(RCODES.len())
+    RCODES.iter().position(|&(_, c)| c == rc).unwrap_or(RCODES.len())
 }
 
 fn transport_index(t: Transport) -> usize {
@@ -129,8 +123,8 @@ const N_BUCKET: usize = LATENCY_BUCKETS.len() + 1;
 const BUCKET_NANOS: [u64; 14] = {
     let mut out = [0u64; 14];
     let micros: [u64; 14] = [
-        250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-        1_000_000, 2_500_000, 5_000_000,
+        250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+        5_000_000,
     ];
     let mut i = 0;
     while i < 14 {
@@ -256,8 +250,7 @@ impl Metrics {
 
     /// Counts one answered query.
     pub fn query(&self, transport: Transport, qtype: u16, rc: u8) {
-        let i =
-            (transport_index(transport) * N_QTYPE + qtype_index(qtype)) * N_RCODE + rcode_index(rc);
+        let i = (transport_index(transport) * N_QTYPE + qtype_index(qtype)) * N_RCODE + rcode_index(rc);
         self.queries[i].fetch_add(1, R);
     }
 
@@ -278,8 +271,7 @@ impl Metrics {
     /// The count of one `queries_total` series (for tests and the server's
     /// own checks).
     pub fn queries_count(&self, transport: Transport, qtype: u16, rc: u8) -> u64 {
-        let i =
-            (transport_index(transport) * N_QTYPE + qtype_index(qtype)) * N_RCODE + rcode_index(rc);
+        let i = (transport_index(transport) * N_QTYPE + qtype_index(qtype)) * N_RCODE + rcode_index(rc);
         self.queries[i].load(R)
     }
 
@@ -310,11 +302,7 @@ impl Metrics {
     }
 
     pub fn routed_count(&self, route_index: usize) -> u64 {
-        self.routes
-            .load()
-            .answers
-            .get(route_index)
-            .map_or(0, |c| c.load(R))
+        self.routes.load().answers.get(route_index).map_or(0, |c| c.load(R))
     }
 
     // ---- upstreams ----
@@ -346,10 +334,7 @@ impl Metrics {
             return;
         };
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        let b = BUCKET_NANOS
-            .iter()
-            .position(|&le| nanos <= le)
-            .unwrap_or(N_BUCKET - 1);
+        let b = BUCKET_NANOS.iter().position(|&le| nanos <= le).unwrap_or(N_BUCKET - 1);
         u.buckets[b].fetch_add(1, R);
         u.sum_nanos.fetch_add(nanos, R);
         u.count.fetch_add(1, R);
@@ -433,9 +418,7 @@ impl Metrics {
     }
     pub fn tcp_connection_closed(&self) {
         // Never wraps below zero, even on a mismatched call.
-        let _ = self
-            .tcp_connections
-            .fetch_update(R, R, |v| Some(v.saturating_sub(1)));
+        let _ = self.tcp_connections.fetch_update(R, R, |v| Some(v.saturating_sub(1)));
     }
     /// Counts an open TCP connection until the guard is dropped.
     pub fn tcp_connection(self: &Arc<Self>) -> TcpConnectionGuard {
@@ -469,11 +452,7 @@ impl Metrics {
             "gauge",
             "The running dnsbridge version (always 1).",
         );
-        w.sample(
-            "dnsbridge_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
-            1,
-        );
+        w.sample("dnsbridge_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
         let started = self
             .started
             .duration_since(UNIX_EPOCH)
@@ -510,22 +489,14 @@ impl Metrics {
                         continue;
                     }
                     let rname = RCODES.get(ri).map_or("other", |x| x.0);
-                    w.sample(
-                        q,
-                        &[("transport", tname), ("qtype", qname), ("rcode", rname)],
-                        v,
-                    );
+                    w.sample(q, &[("transport", tname), ("qtype", qname), ("rcode", rname)], v);
                 }
             }
         }
 
         let routes = self.routes.load();
         let r = "dnsbridge_routed_answers_total";
-        w.family(
-            r,
-            "counter",
-            "Answers to routed names, by the route's source.",
-        );
+        w.family(r, "counter", "Answers to routed names, by the route's source.");
         for (name, c) in routes.names.iter().zip(routes.answers.iter()) {
             w.sample(r, &[("route", name)], c.load(R));
         }
@@ -556,11 +527,7 @@ impl Metrics {
                 "Answers held in the cache.",
                 &self.cache_entries,
             ),
-            (
-                "dnsbridge_cache_bytes",
-                "Bytes held by the cache.",
-                &self.cache_bytes,
-            ),
+            ("dnsbridge_cache_bytes", "Bytes held by the cache.", &self.cache_bytes),
         ] {
             w.family(name, "gauge", help);
             w.sample(name, &[], v.load(R));
@@ -834,11 +801,7 @@ impl Writer {
                 self.family(&name, kind, &e.help);
                 last = Some(name.clone());
             }
-            let labels: Vec<(&str, &str)> = e
-                .labels
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
+            let labels: Vec<(&str, &str)> = e.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             self.sample_f(&name, &labels, e.value);
         }
     }
@@ -879,17 +842,10 @@ pub fn routes_json(routes: &[Route], default_ttl: u32, default_flatten: bool) ->
             };
             let (dkind, destination) = match &r.destination {
                 Destination::Name(n) => ("name", serde_json::Value::String(n.to_string())),
-                Destination::Wildcard(_) => (
-                    "wildcard",
-                    serde_json::Value::String(r.destination.to_string()),
-                ),
+                Destination::Wildcard(_) => ("wildcard", serde_json::Value::String(r.destination.to_string())),
                 Destination::Ips(ips) => (
                     "ip",
-                    serde_json::Value::Array(
-                        ips.iter()
-                            .map(|i| serde_json::Value::String(i.to_string()))
-                            .collect(),
-                    ),
+                    serde_json::Value::Array(ips.iter().map(|i| serde_json::Value::String(i.to_string())).collect()),
                 ),
             };
             serde_json::json!({

@@ -105,9 +105,7 @@ fn value_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<S
         .find(|(n, l, _)| {
             n == name
                 && l.len() == labels.len()
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+                && labels.iter().all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
         })
         .map(|(_, _, v)| v.clone())
 }
@@ -119,10 +117,7 @@ fn addr(s: &str) -> SocketAddr {
 #[test]
 fn every_family_is_declared_once_with_help_and_type() {
     let m = Metrics::new();
-    m.set_routes(vec![
-        "registry.corp.example".into(),
-        "*.npm.corp.example".into(),
-    ]);
+    m.set_routes(vec!["registry.corp.example".into(), "*.npm.corp.example".into()]);
     m.set_upstreams(vec![addr("10.0.0.2:53"), addr("[2001:db8::53]:53")]);
     let text = m.render(&[]);
     let (types, _) = parse_exposition(&text);
@@ -167,11 +162,7 @@ fn queries_are_counted_by_transport_type_and_rcode() {
     assert_eq!(get("tcp", "HTTPS", "NXDOMAIN").as_deref(), Some("1"));
     assert_eq!(get("udp", "other", "other").as_deref(), Some("1"));
     assert_eq!(get("udp", "other", "SERVFAIL").as_deref(), Some("1"));
-    assert_eq!(
-        get("tcp", "A", "NOERROR"),
-        None,
-        "untouched series are left out"
-    );
+    assert_eq!(get("tcp", "A", "NOERROR"), None, "untouched series are left out");
     assert_eq!(m.queries_count(Transport::Udp, rtype::A, rcode::NOERROR), 2);
 }
 
@@ -195,13 +186,7 @@ fn every_known_qtype_and_rcode_has_its_own_bucket() {
 fn answered_reads_type_and_rcode_from_the_answer() {
     use crate::name::Name;
     use crate::wire::{MessageBuilder, flags};
-    let q = MessageBuilder::query(
-        7,
-        flags::RD,
-        &Name::parse("Registry.Corp.Example").unwrap(),
-        28,
-    )
-    .finish();
+    let q = MessageBuilder::query(7, flags::RD, &Name::parse("Registry.Corp.Example").unwrap(), 28).finish();
     let question = &q[wire::HEADER_LEN..];
     let resp = MessageBuilder::response(7, flags::QR | rcode::NXDOMAIN as u16, question).finish();
     let m = Metrics::new();
@@ -212,10 +197,7 @@ fn answered_reads_type_and_rcode_from_the_answer() {
     formerr[4..6].copy_from_slice(&[0, 0]);
     m.answered(Transport::Udp, &formerr);
     m.answered(Transport::Udp, &[1, 2, 3]); // not even a header: ignored
-    assert_eq!(
-        m.queries_count(Transport::Tcp, rtype::AAAA, rcode::NXDOMAIN),
-        1
-    );
+    assert_eq!(m.queries_count(Transport::Tcp, rtype::AAAA, rcode::NXDOMAIN), 1);
     assert_eq!(m.queries_count(Transport::Udp, 0, rcode::FORMERR), 1);
     let total: u64 = m.queries.iter().map(|c| c.load(R)).sum();
     assert_eq!(total, 2);
@@ -232,14 +214,8 @@ fn routes_are_counted_by_index_and_survive_a_reload_by_name() {
     m.routed(7); // out of range: ignored
     let (_, s) = parse_exposition(&m.render(&[]));
     let r = "dnsbridge_routed_answers_total";
-    assert_eq!(
-        value_of(&s, r, &[("route", "a.example")]).as_deref(),
-        Some("1")
-    );
-    assert_eq!(
-        value_of(&s, r, &[("route", "*.b.example")]).as_deref(),
-        Some("2")
-    );
+    assert_eq!(value_of(&s, r, &[("route", "a.example")]).as_deref(), Some("1"));
+    assert_eq!(value_of(&s, r, &[("route", "*.b.example")]).as_deref(), Some("2"));
     // Reload: b moves to index 0, a is gone, c is new.
     m.set_routes(vec!["*.b.example".into(), "c.example".into()]);
     m.routed(0);
@@ -396,10 +372,7 @@ fn counters_gauges_and_reloads() {
         .unwrap()
         .parse()
         .unwrap();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
     assert!((now - ts).abs() < 60.0, "{ts} vs {now}");
 }
 
@@ -412,12 +385,7 @@ fn label_values_are_escaped() {
     assert!(text.contains(r#"route="we\"ird\\name\nx""#), "{text}");
     let (_, s) = parse_exposition(&text);
     assert_eq!(
-        value_of(
-            &s,
-            "dnsbridge_routed_answers_total",
-            &[("route", "we\"ird\\name\nx")]
-        )
-        .as_deref(),
+        value_of(&s, "dnsbridge_routed_answers_total", &[("route", "we\"ird\\name\nx")]).as_deref(),
         Some("1")
     );
 }
@@ -426,18 +394,10 @@ fn label_values_are_escaped() {
 fn extra_samples_are_grouped_prefixed_and_validated() {
     let m = Metrics::new();
     let extra = vec![
-        Extra::counter(
-            "upstream_tcp_retries_total",
-            "Truncated answers retried over TCP.",
-            4.0,
-        )
-        .with_label("upstream", "10.0.0.2:53"),
-        Extra::counter(
-            "upstream_tcp_retries_total",
-            "Truncated answers retried over TCP.",
-            1.0,
-        )
-        .with_label("upstream", "10.0.0.3:53"),
+        Extra::counter("upstream_tcp_retries_total", "Truncated answers retried over TCP.", 4.0)
+            .with_label("upstream", "10.0.0.2:53"),
+        Extra::counter("upstream_tcp_retries_total", "Truncated answers retried over TCP.", 1.0)
+            .with_label("upstream", "10.0.0.3:53"),
         Extra::gauge("dnsbridge_listeners", "Listeners bound.", 4.0),
         Extra::gauge("bad name", "skipped", 1.0),
         Extra::gauge("bad_label", "skipped", 1.0).with_label("0x", "y"),
@@ -446,9 +406,7 @@ fn extra_samples_are_grouped_prefixed_and_validated() {
     let text = m.render(&extra);
     let (types, s) = parse_exposition(&text);
     assert_eq!(
-        types
-            .get("dnsbridge_upstream_tcp_retries_total")
-            .map(String::as_str),
+        types.get("dnsbridge_upstream_tcp_retries_total").map(String::as_str),
         Some("counter")
     );
     assert_eq!(
@@ -460,14 +418,8 @@ fn extra_samples_are_grouped_prefixed_and_validated() {
         .as_deref(),
         Some("1")
     );
-    assert_eq!(
-        value_of(&s, "dnsbridge_listeners", &[]).as_deref(),
-        Some("4")
-    );
-    assert_eq!(
-        value_of(&s, "dnsbridge_ratio", &[]).as_deref(),
-        Some("0.25")
-    );
+    assert_eq!(value_of(&s, "dnsbridge_listeners", &[]).as_deref(), Some("4"));
+    assert_eq!(value_of(&s, "dnsbridge_ratio", &[]).as_deref(), Some("0.25"));
     assert!(!text.contains("bad"));
 }
 
@@ -495,10 +447,7 @@ fn concurrent_counting_loses_nothing() {
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(
-        m.queries_count(Transport::Udp, rtype::A, rcode::NOERROR),
-        40_000
-    );
+    assert_eq!(m.queries_count(Transport::Udp, rtype::A, rcode::NOERROR), 40_000);
     assert!(m.routed_count(0) <= 40_000 && m.routed_count(0) >= 39_000);
     let (_, s) = parse_exposition(&m.render(&[]));
     assert_eq!(
@@ -518,8 +467,7 @@ fn test_config() -> config::Config {
         \x20       - source: \"*.npm.corp.example\"\n          destination: \"*.npm-mirror.example\"\n          resolverIP: 10.0.0.2\n          flatten: true\n          ttl: 5\n\
         \x20       - source: psc.corp.example\n          destination: 192.0.2.10, 2001:db8::10\n";
     let p = config::parse_str(text);
-    p.config
-        .unwrap_or_else(|| panic!("test config: {:?}", p.diagnostics))
+    p.config.unwrap_or_else(|| panic!("test config: {:?}", p.diagnostics))
 }
 
 #[test]
@@ -540,11 +488,7 @@ fn routes_json_shows_effective_settings() {
     assert_eq!(v, want);
     assert_eq!(
         route_labels(&cfg.routes),
-        vec![
-            "registry.corp.example",
-            "*.npm.corp.example",
-            "psc.corp.example"
-        ]
+        vec!["registry.corp.example", "*.npm.corp.example", "psc.corp.example"]
     );
 }
 
@@ -559,10 +503,7 @@ fn request_heads() {
         }
     );
     assert_eq!(ok("GET /readyz?verbose=1 HTTP/1.0\n\n").path, "/readyz");
-    assert_eq!(
-        ok("GET http://127.0.0.1:9153/routes HTTP/1.1\r\n\r\n").path,
-        "/routes"
-    );
+    assert_eq!(ok("GET http://127.0.0.1:9153/routes HTTP/1.1\r\n\r\n").path, "/routes");
     assert_eq!(ok("HEAD / HTTP/1.1\r\n\r\n").method, "HEAD");
     for bad in [
         "GET /metrics\r\n\r\n",
@@ -572,24 +513,10 @@ fn request_heads() {
         "\r\n\r\n",
         "GET /\u{ff} HTTP/1.1 extra\r\n\r\n",
     ] {
-        assert_eq!(
-            http::parse_head(bad.as_bytes()).unwrap_err().code,
-            400,
-            "{bad:?}"
-        );
+        assert_eq!(http::parse_head(bad.as_bytes()).unwrap_err().code, 400, "{bad:?}");
     }
-    assert_eq!(
-        http::parse_head(b"GET / HTTP/2.0\r\n\r\n")
-            .unwrap_err()
-            .code,
-        505
-    );
-    assert_eq!(
-        http::parse_head(b"GET /\xff HTTP/1.1\r\n\r\n")
-            .unwrap_err()
-            .code,
-        400
-    );
+    assert_eq!(http::parse_head(b"GET / HTTP/2.0\r\n\r\n").unwrap_err().code, 505);
+    assert_eq!(http::parse_head(b"GET /\xff HTTP/1.1\r\n\r\n").unwrap_err().code, 400);
 }
 
 /// A Status whose readiness the test flips.
@@ -701,18 +628,10 @@ async fn http_endpoints_over_a_real_socket() {
     assert!(head.contains("Connection: close"));
     let (_, s) = parse_exposition(&body);
     assert_eq!(
-        value_of(
-            &s,
-            "dnsbridge_routed_answers_total",
-            &[("route", "*.npm.corp.example")]
-        )
-        .as_deref(),
+        value_of(&s, "dnsbridge_routed_answers_total", &[("route", "*.npm.corp.example")]).as_deref(),
         Some("1")
     );
-    assert_eq!(
-        value_of(&s, "dnsbridge_listeners", &[]).as_deref(),
-        Some("2")
-    );
+    assert_eq!(value_of(&s, "dnsbridge_listeners", &[]).as_deref(), Some("2"));
 
     assert_eq!(get(f.addr, "/healthz").await.2, "ok\n");
     let (code, _, body) = get(f.addr, "/readyz").await;
@@ -726,10 +645,7 @@ async fn http_endpoints_over_a_real_socket() {
     );
     f.status.alive.store(false, Ordering::SeqCst);
     let (code, _, body) = get(f.addr, "/healthz").await;
-    assert_eq!(
-        (code, body.as_str()),
-        (503, "not ok: the UDP listener task ended\n")
-    );
+    assert_eq!((code, body.as_str()), (503, "not ok: the UDP listener task ended\n"));
     f.status.alive.store(true, Ordering::SeqCst);
 
     let (code, head, body) = get(f.addr, "/routes").await;
@@ -740,11 +656,7 @@ async fn http_endpoints_over_a_real_socket() {
     assert_eq!(v[2]["destination"][1], "2001:db8::10");
 
     assert_eq!(get(f.addr, "/nope").await.0, 404);
-    let (code, head, _) = raw(
-        f.addr,
-        b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-    )
-    .await;
+    let (code, head, _) = raw(f.addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
     assert_eq!(code, 405);
     assert!(head.contains("Allow: GET, HEAD"));
     let (code, head, body) = raw(f.addr, b"HEAD /healthz HTTP/1.1\r\n\r\n").await;
@@ -800,11 +712,7 @@ async fn http_bounds_request_size_and_time() {
 /// The same endpoints through a real HTTP client, when curl is installed.
 #[tokio::test]
 async fn http_with_curl_when_available() {
-    if std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if std::process::Command::new("curl").arg("--version").output().is_err() {
         eprintln!("curl not installed: skipped");
         return;
     }
@@ -825,11 +733,9 @@ async fn http_with_curl_when_available() {
             .output()
             .unwrap()
     };
-    let out = tokio::task::spawn_blocking(move || {
-        ["/metrics", "/healthz", "/readyz", "/routes", "/missing"].map(run)
-    })
-    .await
-    .unwrap();
+    let out = tokio::task::spawn_blocking(move || ["/metrics", "/healthz", "/readyz", "/routes", "/missing"].map(run))
+        .await
+        .unwrap();
     let text: Vec<String> = out
         .iter()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -847,9 +753,7 @@ async fn http_with_curl_when_available() {
 }
 
 fn dist_file(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("dist")
-        .join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dist").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -858,11 +762,7 @@ fn dist_file(name: &str) -> String {
 #[test]
 fn dist_unit_is_hardened() {
     let unit = dist_file("dnsbridge.service");
-    let lines: Vec<&str> = unit
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .collect();
+    let lines: Vec<&str> = unit.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
     let has = |want: &str| lines.contains(&want);
     for want in [
         "DynamicUser=yes",
@@ -885,10 +785,7 @@ fn dist_unit_is_hardened() {
     );
     let env = dist_file("dnsbridge.env");
     for key in ["DNSBRIDGE_CONFIG=", "DNSBRIDGE_ARGS=", "DNSBRIDGE_LOG="] {
-        assert!(
-            env.lines().any(|l| l.starts_with(key)),
-            "dnsbridge.env lacks {key}"
-        );
+        assert!(env.lines().any(|l| l.starts_with(key)), "dnsbridge.env lacks {key}");
     }
 }
 
@@ -896,10 +793,7 @@ fn dist_unit_is_hardened() {
 /// (the binary path is swapped for one that exists, since verify checks it).
 #[test]
 fn dist_unit_passes_systemd_analyze_verify() {
-    let Ok(out) = std::process::Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-    else {
+    let Ok(out) = std::process::Command::new("systemd-analyze").arg("--version").output() else {
         eprintln!("systemd-analyze not installed: skipped");
         return;
     };
