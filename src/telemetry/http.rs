@@ -137,12 +137,15 @@ pub fn route(req: &RequestLine, metrics: &Metrics, status: &dyn Status) -> Reply
         return r;
     }
     match req.path.as_str() {
-        "/metrics" => Reply {
-            code: 200,
-            content_type: CONTENT_TYPE_METRICS,
-            body: metrics.render(&status.extra_metrics()),
-            headers: Vec::new(),
-        },
+        "/metrics" => {
+            status.refresh(metrics);
+            Reply {
+                code: 200,
+                content_type: CONTENT_TYPE_METRICS,
+                body: metrics.render(&status.extra_metrics()),
+                headers: Vec::new(),
+            }
+        }
         "/healthz" | "/livez" => match status.alive() {
             Ok(()) => Reply::text(200, "ok\n"),
             Err(why) => Reply::text(503, format!("not ok: {}\n", one_line(&why))),

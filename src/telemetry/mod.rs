@@ -354,6 +354,15 @@ impl Metrics {
         }
     }
 
+    /// Each upstream with its health, in list order (for `/readyz`).
+    pub fn upstreams_up(&self) -> Vec<(SocketAddr, bool)> {
+        self.upstreams
+            .load()
+            .iter()
+            .map(|u| (u.addr, u.up.load(R) != 0))
+            .collect()
+    }
+
     pub fn upstream_failures_count(&self, idx: usize, reason: FailReason) -> u64 {
         self.upstreams
             .load()
@@ -373,6 +382,15 @@ impl Metrics {
     pub fn cache_stale_served(&self) {
         self.cache_stale_served.fetch_add(1, R);
     }
+    /// Sets the cache counters from totals the cache keeps itself (its own
+    /// atomics), for an owner that counts there rather than here; call it
+    /// from [`Status::refresh`]. Totals must only grow.
+    pub fn set_cache_totals(&self, hits: u64, misses: u64, stale_served: u64) {
+        self.cache_hits.store(hits, R);
+        self.cache_misses.store(misses, R);
+        self.cache_stale_served.store(stale_served, R);
+    }
+
     /// The cache's size now; set by the cache owner whenever it changes (or
     /// periodically).
     pub fn set_cache_size(&self, entries: u64, bytes: u64) {
@@ -863,6 +881,22 @@ pub fn routes_json(routes: &[Route], default_ttl: u32, default_flatten: bool) ->
     serde_json::Value::Array(list)
 }
 
+/// The `/readyz` rule, for [`Status::ready`]: every listener is bound and at
+/// least one upstream is healthy. The error names what is missing.
+pub fn readiness(listeners_bound: bool, upstreams: &[(SocketAddr, bool)]) -> Result<(), String> {
+    if !listeners_bound {
+        return Err("listeners are not bound yet".into());
+    }
+    if upstreams.is_empty() {
+        return Err("no upstream resolver is configured".into());
+    }
+    if upstreams.iter().any(|(_, up)| *up) {
+        return Ok(());
+    }
+    let names: Vec<String> = upstreams.iter().map(|(a, _)| a.to_string()).collect();
+    Err(format!("no upstream is healthy ({} down)", names.join(", ")))
+}
+
 /// What the HTTP endpoints ask of the running server.
 pub trait Status: Send + Sync {
     /// Ok when the listeners are bound and at least one upstream is healthy;
@@ -874,6 +908,13 @@ pub trait Status: Send + Sync {
     /// (such as a listener task that died). Default: alive.
     fn alive(&self) -> Result<(), String> {
         Ok(())
+    }
+    /// Called before each `/metrics` render: the place to set gauges and
+    /// totals kept elsewhere ([`Metrics::set_cache_size`],
+    /// [`Metrics::set_cache_totals`], [`Metrics::set_upstream_up`]).
+    /// Default: nothing.
+    fn refresh(&self, metrics: &Metrics) {
+        let _ = metrics;
     }
     /// Samples only the server can compute at scrape time, appended to
     /// `/metrics`. Default: none.

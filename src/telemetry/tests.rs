@@ -319,6 +319,39 @@ fn upstream_failures_and_health() {
 }
 
 #[test]
+fn readiness_rule() {
+    let (a, b) = (addr("10.0.0.2:53"), addr("10.0.0.3:53"));
+    assert_eq!(readiness(true, &[(a, false), (b, true)]), Ok(()));
+    assert_eq!(
+        readiness(true, &[(a, false), (b, false)]),
+        Err("no upstream is healthy (10.0.0.2:53, 10.0.0.3:53 down)".into())
+    );
+    assert_eq!(
+        readiness(false, &[(a, true)]),
+        Err("listeners are not bound yet".into())
+    );
+    assert_eq!(readiness(true, &[]), Err("no upstream resolver is configured".into()));
+    let m = Metrics::new();
+    m.set_upstreams(vec![a, b]);
+    m.set_upstream_up(0, false);
+    assert_eq!(m.upstreams_up(), vec![(a, false), (b, true)]);
+    assert_eq!(readiness(true, &m.upstreams_up()), Ok(()));
+}
+
+#[test]
+fn cache_totals_kept_elsewhere() {
+    let m = Metrics::new();
+    m.set_cache_totals(10, 4, 1);
+    let (_, s) = parse_exposition(&m.render(&[]));
+    assert_eq!(value_of(&s, "dnsbridge_cache_hits_total", &[]).as_deref(), Some("10"));
+    assert_eq!(value_of(&s, "dnsbridge_cache_misses_total", &[]).as_deref(), Some("4"));
+    assert_eq!(
+        value_of(&s, "dnsbridge_cache_stale_served_total", &[]).as_deref(),
+        Some("1")
+    );
+}
+
+#[test]
 fn counters_gauges_and_reloads() {
     let m = Arc::new(Metrics::new());
     m.cache_hit();
@@ -547,6 +580,9 @@ impl Status for FakeStatus {
     fn extra_metrics(&self) -> Vec<Extra> {
         vec![Extra::gauge("listeners", "Listeners bound.", 2.0)]
     }
+    fn refresh(&self, metrics: &Metrics) {
+        metrics.set_cache_size(7, 700);
+    }
 }
 
 struct Fixture {
@@ -632,6 +668,11 @@ async fn http_endpoints_over_a_real_socket() {
         Some("1")
     );
     assert_eq!(value_of(&s, "dnsbridge_listeners", &[]).as_deref(), Some("2"));
+    assert_eq!(
+        value_of(&s, "dnsbridge_cache_entries", &[]).as_deref(),
+        Some("7"),
+        "refreshed before render"
+    );
 
     assert_eq!(get(f.addr, "/healthz").await.2, "ok\n");
     let (code, _, body) = get(f.addr, "/readyz").await;
