@@ -22,11 +22,8 @@ if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
-  # Debian 12's own cargo is too old for edition 2024: use rustup.
-  echo "cargo not found: installing the stable Rust toolchain with rustup"
-  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
-    sh -s -- -y --profile minimal --default-toolchain stable
-  export PATH="$HOME/.cargo/bin:$PATH"
+  echo "cargo not found: install the stable Rust toolchain (1.95 or newer) with rustup first" >&2
+  exit 2
 fi
 cargo --version
 rustc --version

@@ -40,6 +40,8 @@ pub struct Overrides {
     pub user: Option<String>,
     /// Log every query (client, name, type, outcome).
     pub query_log: bool,
+    pub egress_set: Option<String>,
+    pub egress_grace: Option<Duration>,
 }
 
 #[derive(Debug, Error)]
@@ -96,6 +98,12 @@ pub fn effective_config(o: &Overrides) -> Result<Config, ServeError> {
     }
     if o.metrics.is_some() {
         rt.metrics = o.metrics;
+    }
+    if o.egress_set.is_some() {
+        rt.egress_set = o.egress_set.clone();
+    }
+    if let Some(g) = o.egress_grace {
+        rt.egress_grace = g;
     }
     Ok(cfg)
 }
@@ -197,17 +205,23 @@ impl Running {
         }
         let cache = Cache::new(cs);
         let limiter = RateLimiter::new(o.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT), true);
-        let shared = Shared::new(build_state(&cfg), upstreams, cache, limiter);
+        let egress = match &cfg.runtime.egress_set {
+            Some(set) => {
+                // Created (if missing) before privileges are dropped.
+                let eg = crate::egress::EgressSet::start(set.clone(), cfg.runtime.egress_grace)
+                    .map_err(|e| ServeError::Config(format!("egress set {set}: {e}")))?;
+                tracing::info!(set, grace = ?cfg.runtime.egress_grace, "filling the egress set with routed addresses");
+                Some(eg)
+            }
+            None => None,
+        };
+        let shared = Shared::new(build_state(&cfg), upstreams, cache, limiter, egress);
         shared.query_log.store(o.query_log, Ordering::Relaxed);
         let mut bound = Vec::new();
         let mut tasks = Vec::new();
         for addr in &listen {
-            let udp = server::bind_udp(*addr)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
+            let (udp, tcp) = bind_pair(*addr)?;
             let b = udp.local_addr()?;
-            // TCP on the same port as UDP, also when the port was 0.
-            let tcp =
-                server::bind_tcp(b).map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind TCP {b}: {e}")))?;
             tracing::info!("bound udp {b}");
             tracing::info!("bound tcp {}", tcp.local_addr()?);
             bound.push(("udp", b));
@@ -336,6 +350,26 @@ impl Running {
     }
 }
 
+/// Binds UDP and TCP on the same address and port. With port 0 the kernel
+/// picks the UDP port, which another process may hold for TCP: then both are
+/// tried again on a new port.
+fn bind_pair(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener), ServeError> {
+    let attempts = if addr.port() == 0 { 20 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp = server::bind_udp(addr)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
+        let b = udp.local_addr()?;
+        match server::bind_tcp(b) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last = Some(std::io::Error::new(e.kind(), format!("cannot bind TCP {b}: {e}"))),
+        }
+    }
+    Err(ServeError::Io(
+        last.unwrap_or_else(|| std::io::Error::other("no attempt made")),
+    ))
+}
+
 /// Default per-client query rate (non-loopback clients), per second.
 pub const DEFAULT_RATE_LIMIT: u32 = 2000;
 const WATCH_EVERY: Duration = Duration::from_millis(250);
@@ -358,10 +392,15 @@ impl Shared {
     fn upstreams_prober(self: &Arc<Self>) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut last_rotation = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let Some(me) = me.upgrade() else { return };
                 me.upstreams.probe_down().await;
+                if last_rotation.elapsed() >= Upstreams::rotate_every() {
+                    me.upstreams.rotate().await;
+                    last_rotation = tokio::time::Instant::now();
+                }
             }
         });
     }
