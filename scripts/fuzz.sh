@@ -50,7 +50,10 @@ for t in $TARGETS; do
   echo "== $t: ${SECS}s (sanitizer: $SANITIZER)" >&2
   set +e
   # -max_total_time bounds the run; the outer timeout is a backstop.
-  timeout $((SECS + 300)) cargo fuzz run -s "$SANITIZER" "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
+  seeds=("fuzz/seeds/$t")
+  # The example configs are seeds for the config parser too.
+  if [ "$t" = config_parse ] && [ -d examples ]; then seeds+=(examples); fi
+  timeout $((SECS + 300)) cargo fuzz run -s "$SANITIZER" "$t" "fuzz/corpus/$t" "${seeds[@]}" -- \
     -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -max_len=4096 -print_final_stats=1 \
     >"$log" 2>&1
   rc=$?
