@@ -556,7 +556,7 @@ fn run(
     let now = Instant::now();
     let parsed = Query::parse(query).unwrap();
     match core::handle(state, cache, query, client, transport, now) {
-        Action::Reply(a) => check_answer(query, &a, transport)?,
+        Action::Reply(a) | Action::Cached(a, _) => check_answer(query, &a, transport)?,
         Action::Drop => prop_assert!(false, "a well-formed query was dropped"),
         Action::Forward(miss) => {
             prop_assert!(
@@ -614,7 +614,7 @@ fn run(
     // The same question again: a fresh cache hit, then a stale one.
     for later in [now + Duration::from_secs(1), now + Duration::from_secs(86_401)] {
         match core::handle(state, cache, again, client, transport, later) {
-            Action::Reply(a) => check_answer(again, &a, transport)?,
+            Action::Reply(a) | Action::Cached(a, _) => check_answer(again, &a, transport)?,
             Action::Drop => prop_assert!(false, "a well-formed query was dropped"),
             Action::Forward(miss) | Action::Resolve(_, miss) => {
                 let a = core::upstream_failure(again, miss.stale.as_deref(), transport, later).expect("an answer");

@@ -256,7 +256,7 @@ pub fn run_query(state: &State, packet: &[u8], client: IpAddr, transport: Transp
     // need not accept them, in the cache either.
     let mut strict_again = true;
     match core::handle(state, &cache, packet, client, transport, now) {
-        Action::Reply(a) => check_answer(packet, &a, transport, true),
+        Action::Reply(a) | Action::Cached(a, _) => check_answer(packet, &a, transport, true),
         Action::Drop => {}
         Action::Forward(miss) => {
             strict_again = false;
@@ -304,7 +304,7 @@ pub fn run_query(state: &State, packet: &[u8], client: IpAddr, transport: Transp
     }
     for later in [now + Duration::from_secs(1), now + Duration::from_secs(86_401)] {
         match core::handle(state, &cache, &again, client, transport, later) {
-            Action::Reply(a) => check_answer(&again, &a, transport, strict_again),
+            Action::Reply(a) | Action::Cached(a, _) => check_answer(&again, &a, transport, strict_again),
             Action::Drop => {}
             Action::Forward(miss) | Action::Resolve(_, miss) => {
                 if let Some(a) = core::upstream_failure(&again, miss.stale.as_deref(), transport, later) {
