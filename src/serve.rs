@@ -106,6 +106,12 @@ pub fn effective_config(o: &Overrides) -> Result<Config, ServeError> {
     if let Some(g) = o.egress_grace {
         rt.egress_grace = g;
     }
+    if let Some(b) = o.cache_bytes {
+        rt.cache_bytes = b;
+    }
+    if let Some(r) = o.rate_limit {
+        rt.rate_limit = r;
+    }
     Ok(cfg)
 }
 
@@ -201,12 +207,11 @@ impl Running {
         }
         let metrics = Arc::new(Metrics::new());
         let upstreams = Upstreams::new(ups.clone(), cfg.runtime.upstream_timeout, metrics.clone()).await?;
-        let mut cs = CacheSettings::default();
-        if let Some(b) = o.cache_bytes {
-            cs.max_bytes = b;
-        }
-        let cache = Cache::new(cs);
-        let limiter = RateLimiter::new(o.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT), true);
+        let cache = Cache::new(CacheSettings {
+            max_bytes: cfg.runtime.cache_bytes,
+            ..CacheSettings::default()
+        });
+        let limiter = RateLimiter::new(cfg.runtime.rate_limit, true);
         let egress = match &cfg.runtime.egress_set {
             Some(set) => {
                 // Created (if missing) before privileges are dropped.
@@ -474,8 +479,6 @@ fn bind_pair(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, tokio::net::Tcp
     ))
 }
 
-/// Default per-client query rate (non-loopback clients), per second.
-pub const DEFAULT_RATE_LIMIT: u32 = 2000;
 const WATCH_EVERY: Duration = Duration::from_millis(250);
 const SETTLE: Duration = Duration::from_millis(100);
 
