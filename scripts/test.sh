@@ -2,7 +2,8 @@
 # Run the whole dnsbridge test suite on a fresh Debian 12 machine:
 #   1. install the Debian packages the tests use (scripts/install-deps.sh),
 #   2. build every target with the committed Cargo.lock,
-#   3. run every test (unit, integration, end to end) and print a summary.
+#   3. run every test (unit, integration, end to end) and print a summary,
+#   4. fuzz each cargo-fuzz target for FUZZ_SECONDS (default 20; 0 skips).
 # Exits non-zero on any failure. Run it as root: the end-to-end tests bind port 53
 # on a spare loopback address and use a private mount namespace (unshare -m).
 # All test traffic stays on loopback.
@@ -52,5 +53,16 @@ rm -f "$log"
 if [ "$status" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$suites" -eq 0 ]; then
   echo "RESULT: FAIL (cargo test exit status $status)"
   exit 1
+fi
+
+# A bounded fuzz run of the wire parser, the core and the config parser
+# (FUZZ_SECONDS per target; 0 skips it). The first build takes several minutes.
+fuzz_secs="${FUZZ_SECONDS:-20}"
+if [ "$fuzz_secs" != 0 ]; then
+  step "fuzzing, ${fuzz_secs}s per target"
+  if ! bash scripts/fuzz.sh "$fuzz_secs"; then
+    echo "RESULT: FAIL (fuzzing found a crash; see fuzz/artifacts)"
+    exit 1
+  fi
 fi
 echo "RESULT: PASS"
