@@ -45,6 +45,7 @@ while read -r p f i; do
   passed=$((passed + p)) failed=$((failed + f)) ignored=$((ignored + i)) suites=$((suites + 1))
 done < <(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$log")
 echo "test suites: $suites, passed: $passed, failed: $failed, ignored: $ignored"
+echo "$passed passed, $failed failed, $ignored skipped"
 if grep -q '^failures:' "$log"; then
   echo "failed tests:"
   sed -n '/^failures:$/,/^test result:/p' "$log" | grep -E '^    [A-Za-z0-9_:]+$' | sort -u || true
