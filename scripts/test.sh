@@ -2,7 +2,8 @@
 # Run the whole dnsbridge test suite on a fresh Debian 12 machine:
 #   1. install the Debian packages the tests use (scripts/install-deps.sh),
 #   2. build every target with the committed Cargo.lock,
-#   3. run every test (unit, integration, end to end) and print a summary.
+#   3. run every test (unit, integration, end to end) and print a summary,
+#   4. fuzz each cargo-fuzz target for FUZZ_SECONDS (default 20; 0 skips).
 # Exits non-zero on any failure. Run it as root: the end-to-end tests bind port 53
 # on a spare loopback address and use a private mount namespace (unshare -m).
 # All test traffic stays on loopback.
@@ -44,6 +45,7 @@ while read -r p f i; do
   passed=$((passed + p)) failed=$((failed + f)) ignored=$((ignored + i)) suites=$((suites + 1))
 done < <(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$log")
 echo "test suites: $suites, passed: $passed, failed: $failed, ignored: $ignored"
+echo "$passed passed, $failed failed, $ignored skipped"
 if grep -q '^failures:' "$log"; then
   echo "failed tests:"
   sed -n '/^failures:$/,/^test result:/p' "$log" | grep -E '^    [A-Za-z0-9_:]+$' | sort -u || true
@@ -52,5 +54,16 @@ rm -f "$log"
 if [ "$status" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$suites" -eq 0 ]; then
   echo "RESULT: FAIL (cargo test exit status $status)"
   exit 1
+fi
+
+# A bounded fuzz run of the wire parser, the core and the config parser
+# (FUZZ_SECONDS per target; 0 skips it). The first build takes several minutes.
+fuzz_secs="${FUZZ_SECONDS:-20}"
+if [ "$fuzz_secs" != 0 ]; then
+  step "fuzzing, ${fuzz_secs}s per target"
+  if ! bash scripts/fuzz.sh "$fuzz_secs"; then
+    echo "RESULT: FAIL (fuzzing found a crash; see fuzz/artifacts)"
+    exit 1
+  fi
 fi
 echo "RESULT: PASS"

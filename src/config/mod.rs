@@ -128,6 +128,10 @@ pub struct Runtime {
     pub metrics: Option<SocketAddr>,
     pub egress_set: Option<String>,
     pub egress_grace: Duration,
+    /// Bytes of answers the cache may hold.
+    pub cache_bytes: u64,
+    /// Queries per second per non-loopback client; 0 turns limiting off.
+    pub rate_limit: u32,
 }
 
 impl Default for Runtime {
@@ -142,6 +146,8 @@ impl Default for Runtime {
             metrics: None,
             egress_set: None,
             egress_grace: Duration::from_secs(10),
+            cache_bytes: 64 << 20,
+            rate_limit: 2000,
         }
     }
 }
@@ -369,6 +375,8 @@ const RUNTIME_KEYS: &[&str] = &[
     "metrics",
     "egressSet",
     "egressGrace",
+    "cacheSize",
+    "rateLimit",
 ];
 const BLOCK_PATH: [&str; 3] = ["spec", "infrastructure", "executorPrivateDNS"];
 
@@ -1873,6 +1881,32 @@ fn read_runtime(cx: &mut Ctx<'_>, rt: &Node, out: &mut Runtime) {
                     n,
                     "`metrics` must be IP:PORT".into(),
                     Some("such as 127.0.0.1:9153".into()),
+                );
+            }
+        }
+    }
+    if let Some(n) = rt.get("cacheSize") {
+        match n.kind {
+            Kind::Int(i) if (0..=1i128 << 40).contains(&i) => out.cache_bytes = i as u64,
+            _ => {
+                cx.error(
+                    "type",
+                    n,
+                    "`cacheSize` must be a number of bytes".into(),
+                    Some("such as 67108864 (64 MiB); 0 turns the cache off".into()),
+                );
+            }
+        }
+    }
+    if let Some(n) = rt.get("rateLimit") {
+        match n.kind {
+            Kind::Int(i) if (0..=10_000_000).contains(&i) => out.rate_limit = i as u32,
+            _ => {
+                cx.error(
+                    "type",
+                    n,
+                    "`rateLimit` must be queries per second per client".into(),
+                    Some("such as 2000; 0 turns limiting off (loopback clients are never limited)".into()),
                 );
             }
         }
