@@ -104,7 +104,7 @@ pub struct Cache {
     settings: CacheSettings,
     /// Queries in flight upstream: waiters hold a receiver whose sender the
     /// leader drops when done, which wakes them even if they start waiting late.
-    inflight: Mutex<HashMap<Key, InFlight>>,
+    inflight: Mutex<HashMap<Key, InFlight, foldhash::fast::RandomState>>,
     pub stats: CacheStats,
 }
 
@@ -122,7 +122,7 @@ impl Cache {
         Cache {
             entries: quick_cache::sync::Cache::with_weighter(est_items, settings.max_bytes.max(4096), ByBytes),
             settings,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::default()),
             stats: CacheStats::default(),
         }
     }

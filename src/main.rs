@@ -51,7 +51,8 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = "Signals: SIGHUP reloads the config (also reloaded when the file changes on disk); \
+#[command(
+    after_help = "Signals: SIGHUP reloads the config (also reloaded when the file changes on disk); \
 the new file is validated whole and swapped in atomically, or the old one keeps serving and the error is \
 logged and counted (dnsbridge_reloads_total{result=\"failure\"}). Listeners are never re-bound. \
 SIGTERM stops taking queries, answers those in flight (up to 5 s) and exits 0.\n\n\
@@ -59,7 +60,8 @@ Exit codes: 0 clean shutdown; 2 invalid config or flags (every error is logged w
 3 runtime failure (a listener or the metrics address could not be bound).\n\n\
 Examples:\n  dnsbridge serve --config examples/quickstart.yaml\n  \
 dnsbridge serve --config /etc/dnsbridge/config.yaml --listen 10.61.0.1:53 --listen 127.0.0.1:53 \\\n      \
---upstream 169.254.169.254 --egress-set dnsbridge-registry --metrics 127.0.0.1:9153")]
+--upstream 169.254.169.254 --egress-set dnsbridge-registry --metrics 127.0.0.1:9153"
+)]
 struct ServeArgs {
     /// Instance config.yaml (routes under spec.infrastructure.executorPrivateDNS, runtime
     /// settings under dnsbridge:). Without it: no routes, listening on 127.0.0.1:5353.
@@ -109,6 +111,9 @@ struct ServeArgs {
     /// Extra time each egress set entry outlives its record's TTL (default 10s; never negative).
     #[arg(long, value_name = "DURATION", value_parser = parse_dur)]
     egress_grace: Option<Duration>,
+    /// Worker threads (default: the CPUs this process may run on; 1 runs a single event loop).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
     /// Log format.
     #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
     log_format: String,
@@ -212,10 +217,20 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         }
         return Err(e);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(ServeError::Io)?;
+    // One thread needs no cross-thread wake-ups: on a single CPU (or when
+    // asked) the whole proxy runs on one event loop.
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .map_err(ServeError::Io)?;
     runtime.block_on(async move {
         let running = Running::start(o).await?;
         running.watch_config();

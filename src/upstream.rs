@@ -55,7 +55,7 @@ struct Pending {
 
 /// Pending queries by (family is v6, local port, query ID).
 type PendingKey = (bool, u16, u16);
-type PendingMap = Arc<Mutex<HashMap<PendingKey, Pending>>>;
+type PendingMap = Arc<Mutex<HashMap<PendingKey, Pending, foldhash::fast::RandomState>>>;
 
 /// One socket of the pool and the port the kernel gave it.
 struct Slot {
@@ -130,6 +130,9 @@ pub struct Upstreams {
     pub stats: Arc<UpstreamStats>,
     rotate_next: AtomicUsize,
     metrics: Arc<crate::telemetry::Metrics>,
+    /// The local ports of every pool socket (v4 then v6), for the loop check
+    /// on the hot path without touching the pools.
+    own_ports: [std::sync::atomic::AtomicU16; 2 * POOL],
 }
 
 /// How often one socket of each pool is replaced.
@@ -144,7 +147,7 @@ impl Upstreams {
         metrics: Arc<crate::telemetry::Metrics>,
     ) -> io::Result<Upstreams> {
         metrics.set_upstreams(servers.clone());
-        let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
+        let pending: PendingMap = Arc::new(Mutex::new(HashMap::default()));
         let stats = Arc::new(UpstreamStats::default());
         let v4 = Family::bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED), &pending, &stats, per_try).await?;
         // IPv6 may be disabled on the host; only needed for v6 upstreams.
@@ -161,7 +164,9 @@ impl Upstreams {
             stats,
             rotate_next: AtomicUsize::new(0),
             metrics,
+            own_ports: Default::default(),
         })
+        .inspect(|u| u.refresh_own_ports())
     }
 
     pub fn servers(&self) -> Vec<SocketAddr> {
@@ -197,9 +202,16 @@ impl Upstreams {
             return false;
         }
         let port = peer.port();
-        std::iter::once(&self.v4)
+        self.own_ports.iter().any(|p| p.load(Ordering::Relaxed) == port)
+    }
+
+    fn refresh_own_ports(&self) {
+        let ports = std::iter::once(&self.v4)
             .chain(self.v6.as_ref())
-            .any(|f| f.slots.iter().any(|s| s.load().port == port))
+            .flat_map(|f| f.slots.iter().map(|s| s.load().port));
+        for (slot, port) in self.own_ports.iter().zip(ports) {
+            slot.store(port, Ordering::Relaxed);
+        }
     }
 
     /// Replaces one socket of each pool with a fresh one on a new random
@@ -216,6 +228,7 @@ impl Upstreams {
                 Err(e) => tracing::debug!(error = %e, "could not open a new upstream socket; keeping the old one"),
             }
         }
+        self.refresh_own_ports();
     }
 
     pub fn rotate_every() -> Duration {
