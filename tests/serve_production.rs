@@ -1440,6 +1440,7 @@ fn reload_under_load_by_rename_in_place_and_sighup_drops_no_query_and_rejects_an
     );
     // METRICS-CONTRACT: the failed reload is counted.
     if let (Some(before), Some(after)) = (failures_at_start, reload_failures()) {
+        eprintln!("dnsbridge_reloads_total{{result=\"failure\"}}: {before} -> {after}");
         assert!(
             after >= before + 1.0,
             "dnsbridge_reloads_total{{result=\"failure\"}} went from {before} to {after} over an invalid config"
