@@ -2007,20 +2007,23 @@ fn sigterm_exits_zero_promptly() {
 fn signals_right_after_the_listeners_are_bound_are_handled() {
     let knot = knot_a();
     let config = write_config(&config_yaml(&[route("svc.corp.example", "t1.prod.test")]));
-    let mut killed_by_hup = 0;
-    let mut bad_term = Vec::new();
-    for round in 0..3 {
+    // The window is a few milliseconds wide: try several times, stop at the
+    // first failure.
+    let mut failures = Vec::new();
+    for round in 0..10 {
         let mut proxy = start_proxy(&config, &[knot.addr()], &[]);
         assert!(proxy.signal(libc::SIGHUP));
-        let still = poll(Duration::from_secs(5), Duration::from_millis(50), || {
+        let answered = poll(Duration::from_secs(5), Duration::from_millis(50), || {
             try_udp(proxy.udp(), "svc.corp.example", A, Duration::from_secs(1)).ok()
         });
-        match still {
-            Some(w) => assert_eq!(addrs(&w), vec![t_addr(1)], "{}", w.dump()),
-            None => {
+        match answered {
+            Some(w) if proxy.is_alive() => assert_eq!(addrs(&w), vec![t_addr(1)], "{}", w.dump()),
+            _ => {
                 let status = proxy.wait_exit(Duration::from_secs(1));
-                eprintln!("round {round}: SIGHUP right after start: not answering, exit {status:?}");
-                killed_by_hup += 1;
+                failures.push(format!(
+                    "round {round}: SIGHUP right after the `bound` lines: the proxy is gone (exit {status:?})"
+                ));
+                break;
             }
         }
         drop(proxy);
@@ -2029,17 +2032,16 @@ fn signals_right_after_the_listeners_are_bound_are_handled() {
         assert!(proxy.signal(libc::SIGTERM));
         let status = proxy.wait_exit(Duration::from_secs(8));
         if status.and_then(|s| s.code()) != Some(0) {
-            bad_term.push(format!("{status:?}"));
+            failures.push(format!(
+                "round {round}: SIGTERM right after the `bound` lines: exit {status:?}, not a drain and exit 0"
+            ));
+            break;
         }
     }
-    assert_eq!(
-        killed_by_hup, 0,
-        "SIGHUP sent right after the `bound` lines killed the proxy in {killed_by_hup} of 3 rounds \
-         (signal handlers are installed only after the listeners serve)"
-    );
     assert!(
-        bad_term.is_empty(),
-        "SIGTERM sent right after the `bound` lines did not end in exit 0: {bad_term:?}"
+        failures.is_empty(),
+        "signals sent while the proxy already serves are not handled \
+         (the handlers are installed only after the listeners serve): {failures:?}"
     );
 }
 
