@@ -65,6 +65,9 @@ cpu_ticks() {  # cpuN -> "busy total" (as peers.sh)
 proc_ticks() {  # utime+stime of a whole process (all threads), clock ticks
     awk '{ s = $0; sub(/^.*\) /, "", s); split(s, f, " "); print f[12] + f[13] }' "/proc/$1/stat"
 }
+proc_cs() {  # context switches (voluntary + involuntary) summed over a process's threads
+    cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches:/ { s += $2 } END { printf "%.0f\n", s }'
+}
 reverse() { local w out=""; for w in "$@"; do out="$w $out"; done; echo "$out"; }
 order_for_run() {  # run -> target list (odd runs in order, even runs reversed)
     # shellcheck disable=SC2086
@@ -102,18 +105,20 @@ check() {
 # run_one name test run file extra-dnsperf-args...   (peers.sh's run_one, plus per-process CPU)
 run_one() {
     local name=$1 test=$2 run=$3 file=$4; shift 4
-    local port raw a0 a1 b0 b1 pid kpid s0 s1 k0 k1 la
+    local port raw a0 a1 b0 b1 pid kpid s0 s1 k0 k1 la x0 x1 y0 y1
     port=$(port_of "$name"); raw=$OUT/raw/$name-$test-$run.txt
     pid=$(pid_of "$name"); kpid=$(pid_of knot)
     la=$(cut -d' ' -f1 /proc/loadavg)
     a0=$(cpu_ticks "$SRV_CPU"); a1=$(cpu_ticks "$GEN_CPU"); s0=$(proc_ticks "$pid"); k0=$(proc_ticks "$kpid")
+    x0=$(proc_cs "$pid"); y0=$(proc_cs "$kpid")
     taskset -c "$GEN_CPU" timeout $((LIMIT + DNSPERF_TIMEOUT + 30)) \
         dnsperf -s "$ADDR" -p "$port" -d "$file" -l "$LIMIT" -c "$CLIENTS" -q "$OUTSTANDING" \
         -T 1 -t "$DNSPERF_TIMEOUT" "$@" >"$raw" 2>&1 || log "dnsperf exit $? for $name $test $run"
     b0=$(cpu_ticks "$SRV_CPU"); b1=$(cpu_ticks "$GEN_CPU"); s1=$(proc_ticks "$pid"); k1=$(proc_ticks "$kpid")
-    [ "$name" = knot ] && k1=$k0
+    x1=$(proc_cs "$pid"); y1=$(proc_cs "$kpid")
+    [ "$name" = knot ] && { k1=$k0; y1=$y0; }
     awk -v name="$name" -v test="$test" -v run="$run" -v a0="$a0" -v b0="$b0" -v a1="$a1" -v b1="$b1" \
-        -v ds=$((s1 - s0)) -v dk=$((k1 - k0)) -v hz="$HZ" -v la="$la" '
+        -v ds=$((s1 - s0)) -v dk=$((k1 - k0)) -v hz="$HZ" -v la="$la" -v dx=$((x1 - x0)) -v dy=$((y1 - y0)) '
         function pct(a, b,  x, y) { split(a, x, " "); split(b, y, " "); return (y[2]-x[2]) ? 100*(y[1]-x[1])/(y[2]-x[2]) : 0 }
         /Queries sent:/      { sent=$3 }
         /Queries completed:/ { done=$3 }
@@ -124,17 +129,17 @@ run_one() {
         /Queries per second:/ { qps=$4 }
         /Average Latency/    { avg=$4; max=$NF; sub(/\)/, "", max) }
         END { q = done > 0 ? done : 1
-              printf "%s\t%s\t%s\t%.0f\t%.3f\t%.3f\t%s\t%s\t%s\t%.2f\t%s\t%s\t%.0f\t%.0f\t%.2f\t%.2f\t%s\n",
+              printf "%s\t%s\t%s\t%.0f\t%.3f\t%.3f\t%s\t%s\t%s\t%.2f\t%s\t%s\t%.0f\t%.0f\t%.2f\t%.2f\t%s\t%.3f\t%.3f\n",
                      name, test, run, qps, avg*1000, max*1000, lost, sent, done, rt, resp, rc, pct(a0, b0), pct(a1, b1),
-                     ds * 1e6 / hz / q, dk * 1e6 / hz / q, la }
+                     ds * 1e6 / hz / q, dk * 1e6 / hz / q, la, dx / q, dy / q }
     ' "$raw" >>"$OUT/results.tsv"
-    tail -1 "$OUT/results.tsv" | awk -F'\t' '{printf "  %-12s %-7s run%s  %8s qps  avg %s ms  max %s ms  lost %s  cpu%s/%s %%  srv %s us/q  knot %s us/q  load %s\n", $1,$2,$3,$4,$5,$6,$7,$13,$14,$15,$16,$17}' >&2
+    tail -1 "$OUT/results.tsv" | awk -F'\t' '{printf "  %-12s %-7s run%s  %8s qps  avg %s ms  max %s ms  lost %s  cpu%s/%s %%  srv %s us/q  knot %s us/q  ctxsw/q srv %s knot %s  load %s\n", $1,$2,$3,$4,$5,$6,$7,$13,$14,$15,$16,$18,$19,$17}' >&2
 }
 
 measure() {
     mkdir -p "$OUT/raw" "$WORK/q"
     rm -f "$OUT"/raw/*.txt
-    printf 'target\ttest\trun\tqps\tavg_ms\tmax_ms\tlost\tsent\tcompleted\truntime_s\tresp_bytes\trcodes\tcpu%s_busy\tcpu%s_busy\tsrv_us_per_q\tknot_us_per_q\tloadavg1\n' "$SRV_CPU" "$GEN_CPU" >"$OUT/results.tsv"
+    printf 'target\ttest\trun\tqps\tavg_ms\tmax_ms\tlost\tsent\tcompleted\truntime_s\tresp_bytes\trcodes\tcpu%s_busy\tcpu%s_busy\tsrv_us_per_q\tknot_us_per_q\tloadavg1\tsrv_ctxsw_per_q\tknot_ctxsw_per_q\n' "$SRV_CPU" "$GEN_CPU" >"$OUT/results.tsv"
     : >"$OUT/checks-rewrite.txt"
     local hit=$WORK/q/hit.txt rew=$WORK/q/rewrite.txt miss=$WORK/q/side-miss.txt tag r t port idx
     awk -v n="$HIT_NAMES" 'BEGIN { for (i = 1; i <= n; i++) printf "h%d.bench.test A\n", i }' >"$hit"
@@ -176,15 +181,15 @@ table() {
           j = (k in cnt) ? " / " : ""
           qps[k] = qps[k] j $4; avg[k] = avg[k] j $5; mx[k] = mx[k] j $6; lost[k] = lost[k] j $7
           c0[k] = c0[k] j $13; c1[k] = c1[k] j $14; su[k] = su[k] j $15; ku[k] = ku[k] j ($1 == "knot" ? "-" : $16)
-          la[k] = la[k] j $17; resp[k] = $11; r = $12; gsub(/=[0-9]+/, "", r); rc[k] = r; cnt[k]++ }
+          la[k] = la[k] j $17; xs[k] = xs[k] j $18; kc[k] = kc[k] j ($1 == "knot" ? "-" : $19); resp[k] = $11; r = $12; gsub(/=[0-9]+/, "", r); rc[k] = r; cnt[k]++ }
         END {
-          printf "| test | target | QPS | avg latency ms | max latency ms | lost | server CPU us/query | knot CPU us/query | CPU%s busy %% | CPU%s busy %% (dnsperf) | load avg | resp bytes | rcodes |\n", cs, cg
-          print  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+          printf "| test | target | QPS | avg latency ms | max latency ms | lost | server CPU us/query | knot CPU us/query | server ctx switches/query | knot ctx switches/query | CPU%s busy %% | CPU%s busy %% (dnsperf) | load avg | resp bytes | rcodes |\n", cs, cg
+          print  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
           # hit, miss, rewrite blocks, targets in first-seen order
           split("hit miss rewrite", tests, " ")
           for (ti = 1; ti <= 3; ti++) for (i = 1; i <= n; i++) { k = order[i]; split(k, p, SUBSEP); if (p[1] != tests[ti]) continue
             b = (p[2] == "dnsbridge") ? "**" : ""
-            printf "| %s | %s%s%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p[1], b, p[2], b, qps[k], avg[k], mx[k], lost[k], su[k], ku[k], c0[k], c1[k], la[k], resp[k], rc[k] }
+            printf "| %s | %s%s%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p[1], b, p[2], b, qps[k], avg[k], mx[k], lost[k], su[k], ku[k], xs[k], kc[k], c0[k], c1[k], la[k], resp[k], rc[k] }
         }' "$OUT/results.tsv" | tee "$OUT/table.md"
     echo
     ratios | tee "$OUT/ratios.md"
