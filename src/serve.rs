@@ -202,12 +202,8 @@ impl Running {
         let mut bound = Vec::new();
         let mut tasks = Vec::new();
         for addr in &listen {
-            let udp = server::bind_udp(*addr)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
+            let (udp, tcp) = bind_pair(*addr)?;
             let b = udp.local_addr()?;
-            // TCP on the same port as UDP, also when the port was 0.
-            let tcp =
-                server::bind_tcp(b).map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind TCP {b}: {e}")))?;
             tracing::info!("bound udp {b}");
             tracing::info!("bound tcp {}", tcp.local_addr()?);
             bound.push(("udp", b));
@@ -336,6 +332,24 @@ impl Running {
     }
 }
 
+/// Binds UDP and TCP on the same address and port. With port 0 the kernel
+/// picks the UDP port, which another process may hold for TCP: then both are
+/// tried again on a new port.
+fn bind_pair(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener), ServeError> {
+    let attempts = if addr.port() == 0 { 20 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp = server::bind_udp(addr)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind UDP {addr}: {e}")))?;
+        let b = udp.local_addr()?;
+        match server::bind_tcp(b) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last = Some(std::io::Error::new(e.kind(), format!("cannot bind TCP {b}: {e}"))),
+        }
+    }
+    Err(ServeError::Io(last.unwrap_or_else(|| std::io::Error::other("no attempt made"))))
+}
+
 /// Default per-client query rate (non-loopback clients), per second.
 pub const DEFAULT_RATE_LIMIT: u32 = 2000;
 const WATCH_EVERY: Duration = Duration::from_millis(250);
@@ -358,10 +372,15 @@ impl Shared {
     fn upstreams_prober(self: &Arc<Self>) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut last_rotation = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let Some(me) = me.upgrade() else { return };
                 me.upstreams.probe_down().await;
+                if last_rotation.elapsed() >= Upstreams::rotate_every() {
+                    me.upstreams.rotate().await;
+                    last_rotation = tokio::time::Instant::now();
+                }
             }
         });
     }

@@ -53,10 +53,25 @@ struct Pending {
     tx: oneshot::Sender<Vec<u8>>,
 }
 
-type PendingMap = Arc<Mutex<HashMap<(usize, u16), Pending>>>;
+/// Pending queries by (family is v6, local port, query ID).
+type PendingKey = (bool, u16, u16);
+type PendingMap = Arc<Mutex<HashMap<PendingKey, Pending>>>;
 
+/// One socket of the pool and the port the kernel gave it.
+struct Slot {
+    sock: Arc<UdpSocket>,
+    port: u16,
+    /// Tells the reader task this socket was rotated out.
+    retire: tokio::sync::watch::Sender<bool>,
+}
+
+/// The UDP sockets of one address family. Each socket is replaced by a new
+/// one (on a new random port) from time to time, so that an off-path forger
+/// must guess the port as well as the 16-bit ID.
 struct Family {
-    sockets: Vec<Arc<UdpSocket>>,
+    ip: IpAddr,
+    v6: bool,
+    slots: Vec<ArcSwap<Slot>>,
 }
 
 /// Counters for telemetry.
@@ -113,8 +128,11 @@ pub struct Upstreams {
     pending: PendingMap,
     next: AtomicUsize,
     pub stats: Arc<UpstreamStats>,
-    local_ports: Vec<u16>,
+    rotate_next: AtomicUsize,
 }
+
+/// How often one socket of each pool is replaced.
+const ROTATE_EVERY: Duration = Duration::from_secs(2);
 
 impl Upstreams {
     /// Binds the socket pool and starts the reader tasks. Must run inside a
@@ -122,18 +140,11 @@ impl Upstreams {
     pub async fn new(servers: Vec<SocketAddr>, per_try: Duration) -> io::Result<Upstreams> {
         let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
         let stats = Arc::new(UpstreamStats::default());
-        let mut local_ports = Vec::new();
-        let v4 = Family::bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, &pending, &stats, &mut local_ports).await?;
+        let v4 = Family::bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED), &pending, &stats, per_try).await?;
         // IPv6 may be disabled on the host; only needed for v6 upstreams.
-        let v6 = Family::bind(
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            POOL,
-            &pending,
-            &stats,
-            &mut local_ports,
-        )
-        .await
-        .ok();
+        let v6 = Family::bind(IpAddr::V6(Ipv6Addr::UNSPECIFIED), &pending, &stats, per_try)
+            .await
+            .ok();
         Ok(Upstreams {
             servers: ArcSwap::from_pointee(servers.into_iter().map(|a| Arc::new(Health::new(a))).collect()),
             timeout: per_try,
@@ -142,7 +153,7 @@ impl Upstreams {
             pending,
             next: AtomicUsize::new(0),
             stats,
-            local_ports,
+            rotate_next: AtomicUsize::new(0),
         })
     }
 
@@ -174,7 +185,33 @@ impl Upstreams {
     /// from there means an upstream forwards back to us (a loop).
     pub fn is_own_socket(&self, peer: SocketAddr) -> bool {
         let ip = crate::net::canonical(peer.ip());
-        (ip.is_loopback() || ip.is_unspecified()) && self.local_ports.contains(&peer.port())
+        if !(ip.is_loopback() || ip.is_unspecified()) {
+            return false;
+        }
+        let port = peer.port();
+        std::iter::once(&self.v4)
+            .chain(self.v6.as_ref())
+            .any(|f| f.slots.iter().any(|s| s.load().port == port))
+    }
+
+    /// Replaces one socket of each pool with a fresh one on a new random
+    /// port; the old one keeps reading answers to queries already sent on it
+    /// until they time out. Called periodically by the server.
+    pub async fn rotate(&self) {
+        let i = self.rotate_next.fetch_add(1, Ordering::Relaxed) % POOL;
+        for fam in std::iter::once(&self.v4).chain(self.v6.as_ref()) {
+            match fam.new_slot(&self.pending, &self.stats, self.timeout).await {
+                Ok(slot) => {
+                    let old = fam.slots[i].swap(Arc::new(slot));
+                    let _ = old.retire.send(true);
+                }
+                Err(e) => tracing::debug!(error = %e, "could not open a new upstream socket; keeping the old one"),
+            }
+        }
+    }
+
+    pub fn rotate_every() -> Duration {
+        ROTATE_EVERY
     }
 
     pub fn timeout(&self) -> Duration {
@@ -282,29 +319,29 @@ impl Upstreams {
         qtype: u16,
         qclass: u16,
     ) -> Result<Vec<u8>, UpstreamError> {
-        let (fam, base) = match server {
-            SocketAddr::V4(_) => (&self.v4, 0),
+        let fam = match server {
+            SocketAddr::V4(_) => &self.v4,
             SocketAddr::V6(_) => match &self.v6 {
-                Some(f) => (f, POOL),
+                Some(f) => f,
                 None => {
                     return Err(UpstreamError::Io(server, io::Error::other("IPv6 is not available")));
                 }
             },
         };
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % fam.sockets.len();
-        let sock = &fam.sockets[i];
-        let key_sock = base + i;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % fam.slots.len();
+        let slot = fam.slots[i].load_full();
+        let sock = &slot.sock;
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             let mut id: u16 = rand::random();
             let mut tries = 0;
-            while p.contains_key(&(key_sock, id)) && tries < 64 {
+            while p.contains_key(&(fam.v6, slot.port, id)) && tries < 64 {
                 id = rand::random();
                 tries += 1;
             }
             p.insert(
-                (key_sock, id),
+                (fam.v6, slot.port, id),
                 Pending {
                     server,
                     qname_lower: qname.to_vec(),
@@ -318,61 +355,91 @@ impl Upstreams {
         let mut out = msg.to_vec();
         wire::set_id(&mut out, id);
         if let Err(e) = sock.send_to(&out, server).await {
-            self.remove(key_sock, id);
+            self.remove((fam.v6, slot.port, id));
             return Err(UpstreamError::Io(server, e));
         }
         match timeout(self.timeout, rx).await {
             Ok(Ok(resp)) => Ok(resp),
             _ => {
-                self.remove(key_sock, id);
+                self.remove((fam.v6, slot.port, id));
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 Err(UpstreamError::Timeout(server))
             }
         }
     }
 
-    fn remove(&self, sock: usize, id: u16) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(sock, id));
+    fn remove(&self, key: PendingKey) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     }
 }
 
 impl Family {
     async fn bind(
         ip: IpAddr,
-        base: usize,
         pending: &PendingMap,
         stats: &Arc<UpstreamStats>,
-        ports: &mut Vec<u16>,
+        per_try: Duration,
     ) -> io::Result<Family> {
-        let mut sockets = Vec::with_capacity(POOL);
-        for i in 0..POOL {
-            let s = Arc::new(UdpSocket::bind(SocketAddr::new(ip, 0)).await?);
-            ports.push(s.local_addr()?.port());
-            tokio::spawn(read_answers(s.clone(), base + i, pending.clone(), stats.clone()));
-            sockets.push(s);
+        let mut fam = Family {
+            ip,
+            v6: ip.is_ipv6(),
+            slots: Vec::with_capacity(POOL),
+        };
+        for _ in 0..POOL {
+            let slot = fam.new_slot(pending, stats, per_try).await?;
+            fam.slots.push(ArcSwap::from_pointee(slot));
         }
-        Ok(Family { sockets })
+        Ok(fam)
+    }
+
+    async fn new_slot(&self, pending: &PendingMap, stats: &Arc<UpstreamStats>, per_try: Duration) -> io::Result<Slot> {
+        let sock = Arc::new(UdpSocket::bind(SocketAddr::new(self.ip, 0)).await?);
+        let port = sock.local_addr()?.port();
+        let (retire, retired) = tokio::sync::watch::channel(false);
+        tokio::spawn(read_answers(
+            sock.clone(),
+            (self.v6, port),
+            pending.clone(),
+            stats.clone(),
+            retired,
+            per_try * 2,
+        ));
+        Ok(Slot { sock, port, retire })
     }
 }
 
-async fn read_answers(sock: Arc<UdpSocket>, index: usize, pending: PendingMap, stats: Arc<UpstreamStats>) {
+async fn read_answers(
+    sock: Arc<UdpSocket>,
+    (v6, port): (bool, u16),
+    pending: PendingMap,
+    stats: Arc<UpstreamStats>,
+    mut retired: tokio::sync::watch::Receiver<bool>,
+    linger: Duration,
+) {
     let mut buf = vec![0u8; MAX_UDP];
+    // Once rotated out, keep reading long enough for answers already asked for.
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
-        let (n, from) = match sock.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
-                // ICMP errors surface here on some systems; keep reading.
-                tracing::trace!(error = %e, "upstream socket receive error");
+        let recv = sock.recv_from(&mut buf);
+        let (n, from) = tokio::select! {
+            r = recv => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors surface here on some systems; keep reading.
+                    tracing::trace!(error = %e, "upstream socket receive error");
+                    continue;
+                }
+            },
+            _ = retired.changed(), if deadline.is_none() => {
+                deadline = Some(tokio::time::Instant::now() + linger);
                 continue;
             }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => return,
         };
         let resp = &buf[..n];
         let Ok(h) = Header::new(resp) else { continue };
         let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (index, h.id());
+        let key = (v6, port, h.id());
         let ok = p
             .get(&key)
             .is_some_and(|w| w.server == from && wire::response_matches(resp, &w.qname_lower, w.qtype, w.qclass));
