@@ -8,8 +8,11 @@
 //! thin async shell around it.
 
 pub mod cache;
+pub mod check;
 pub mod config;
 pub mod core;
+pub mod egress;
+pub mod firewall;
 pub mod name;
 pub mod net;
 pub mod privdrop;

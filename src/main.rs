@@ -38,6 +38,10 @@ struct Cli {
 enum Command {
     /// Run the DNS proxy.
     Serve(ServeArgs),
+    /// Say stage by stage whether a private registry is reachable: route, DNS, TCP, TLS, API.
+    Check(dnsbridge::check::CheckArgs),
+    /// Open the microVM firewall for the registries (and DNS to the proxy), and nothing else.
+    Firewall(dnsbridge::firewall::FirewallArgs),
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +87,13 @@ struct ServeArgs {
     /// Log every query: client, name, type, how it was answered.
     #[arg(long)]
     query_log: bool,
+    /// Keep this ipset (and NAME-v6) filled with the addresses of routed answers, each for its
+    /// TTL plus --egress-grace; `dnsbridge firewall` opens the registry ports for the set.
+    #[arg(long, value_name = "NAME")]
+    egress_set: Option<String>,
+    /// Extra time each egress set entry outlives its record's TTL (default 10s; never negative).
+    #[arg(long, value_name = "DURATION", value_parser = parse_dur)]
+    egress_grace: Option<Duration>,
     /// Log format.
     #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
     log_format: String,
@@ -113,6 +124,8 @@ fn init_logging(format: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Check(args) => dnsbridge::check::run_blocking(args),
+        Command::Firewall(args) => firewall(args),
         Command::Serve(args) => {
             init_logging(&args.log_format);
             match serve(args) {
@@ -122,6 +135,34 @@ fn main() -> ExitCode {
                     ExitCode::from(if e.is_config() { exit::CONFIG } else { exit::RUNTIME })
                 }
             }
+        }
+    }
+}
+
+/// `dnsbridge firewall`: the routes' IP destinations get static accepts, name
+/// destinations go through the set that `serve --egress-set` fills.
+fn firewall(args: dnsbridge::firewall::FirewallArgs) -> ExitCode {
+    let mut static_ips = Vec::new();
+    if let Some(path) = &args.config {
+        match config::load_file(path) {
+            Ok(cfg) => {
+                for r in &cfg.routes {
+                    if let config::Destination::Ips(ips) = &r.destination {
+                        static_ips.extend(ips.iter().copied());
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("dnsbridge firewall: {e}");
+                return ExitCode::from(dnsbridge::firewall::EXIT_USAGE);
+            }
+        }
+    }
+    match dnsbridge::firewall::run(&args, &static_ips) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dnsbridge firewall: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -140,6 +181,8 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         metrics: args.metrics,
         user: args.user,
         query_log: args.query_log,
+        egress_set: args.egress_set,
+        egress_grace: args.egress_grace,
     };
     // Fail on a bad config before starting any thread.
     if let Err(e) = serve::effective_config(&o) {

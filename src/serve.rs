@@ -40,6 +40,8 @@ pub struct Overrides {
     pub user: Option<String>,
     /// Log every query (client, name, type, outcome).
     pub query_log: bool,
+    pub egress_set: Option<String>,
+    pub egress_grace: Option<Duration>,
 }
 
 #[derive(Debug, Error)]
@@ -96,6 +98,12 @@ pub fn effective_config(o: &Overrides) -> Result<Config, ServeError> {
     }
     if o.metrics.is_some() {
         rt.metrics = o.metrics;
+    }
+    if o.egress_set.is_some() {
+        rt.egress_set = o.egress_set.clone();
+    }
+    if let Some(g) = o.egress_grace {
+        rt.egress_grace = g;
     }
     Ok(cfg)
 }
@@ -197,7 +205,17 @@ impl Running {
         }
         let cache = Cache::new(cs);
         let limiter = RateLimiter::new(o.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT), true);
-        let shared = Shared::new(build_state(&cfg), upstreams, cache, limiter);
+        let egress = match &cfg.runtime.egress_set {
+            Some(set) => {
+                // Created (if missing) before privileges are dropped.
+                let eg = crate::egress::EgressSet::start(set.clone(), cfg.runtime.egress_grace)
+                    .map_err(|e| ServeError::Config(format!("egress set {set}: {e}")))?;
+                tracing::info!(set, grace = ?cfg.runtime.egress_grace, "filling the egress set with routed addresses");
+                Some(eg)
+            }
+            None => None,
+        };
+        let shared = Shared::new(build_state(&cfg), upstreams, cache, limiter, egress);
         shared.query_log.store(o.query_log, Ordering::Relaxed);
         let mut bound = Vec::new();
         let mut tasks = Vec::new();
@@ -347,7 +365,9 @@ fn bind_pair(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, tokio::net::Tcp
             Err(e) => last = Some(std::io::Error::new(e.kind(), format!("cannot bind TCP {b}: {e}"))),
         }
     }
-    Err(ServeError::Io(last.unwrap_or_else(|| std::io::Error::other("no attempt made"))))
+    Err(ServeError::Io(
+        last.unwrap_or_else(|| std::io::Error::other("no attempt made")),
+    ))
 }
 
 /// Default per-client query rate (non-loopback clients), per second.

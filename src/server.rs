@@ -26,6 +26,8 @@ use crate::wire::Query;
 pub const MAX_IN_FLIGHT: usize = 20_000;
 /// TCP connections served at once.
 pub const MAX_TCP_CONNECTIONS: usize = 512;
+/// Longest wait for the egress set before a routed answer is sent anyway.
+const EGRESS_WAIT: Duration = Duration::from_millis(250);
 /// A TCP connection with no complete query for this long is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
 
@@ -53,10 +55,18 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Log one line per query.
     pub query_log: AtomicBool,
+    /// The microVM firewall's set of registry addresses, filled from routed answers.
+    pub egress: Option<crate::egress::EgressSet>,
 }
 
 impl Shared {
-    pub fn new(state: State, upstreams: Upstreams, cache: Cache, limiter: RateLimiter) -> Arc<Shared> {
+    pub fn new(
+        state: State,
+        upstreams: Upstreams,
+        cache: Cache,
+        limiter: RateLimiter,
+        egress: Option<crate::egress::EgressSet>,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
             upstreams,
@@ -66,6 +76,7 @@ impl Shared {
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
             draining: AtomicBool::new(false),
             query_log: AtomicBool::new(false),
+            egress,
         })
     }
 
@@ -140,6 +151,7 @@ impl Shared {
                 if failed {
                     core::upstream_failure(packet, miss.stale.as_deref(), transport, Instant::now())
                 } else {
+                    self.open_egress(&answer).await;
                     self.cache.insert(miss.key.clone(), &answer, true, Instant::now());
                     Some(core::fit(answer, q, transport))
                 }
@@ -166,6 +178,34 @@ impl Shared {
             self.cache.stats.stale_served.fetch_add(1, Ordering::Relaxed);
         }
         out
+    }
+
+    /// Puts the addresses of a routed answer into the egress set and waits
+    /// (briefly) until the kernel has them: the microVM connects right after
+    /// the answer, and a dropped SYN would cost it a one-second retransmit.
+    async fn open_egress(&self, answer: &[u8]) {
+        let Some(eg) = &self.egress else { return };
+        let Ok(r) = crate::wire::Response::parse(answer) else {
+            return;
+        };
+        let addrs: Vec<(std::net::IpAddr, u32)> = r
+            .answers
+            .iter()
+            .filter_map(|a| match (a.rtype, a.rdata.len()) {
+                (crate::wire::rtype::A, 4) => {
+                    let o: [u8; 4] = a.rdata[..4].try_into().ok()?;
+                    Some((std::net::IpAddr::from(o), a.ttl))
+                }
+                (crate::wire::rtype::AAAA, 16) => {
+                    let o: [u8; 16] = a.rdata[..16].try_into().ok()?;
+                    Some((std::net::IpAddr::from(o), a.ttl))
+                }
+                _ => None,
+            })
+            .collect();
+        if !addrs.is_empty() && !eg.record_and_wait(&addrs, EGRESS_WAIT).await {
+            tracing::warn!("egress set not updated in time; the first connection may be retried");
+        }
     }
 
     /// Handles one packet to the end: the bytes to send back, if any.

@@ -311,7 +311,9 @@ impl<'a> Query<'a> {
         // could only point into the header, so it is malformed.
         let mut pos = HEADER_LEN;
         loop {
-            let b = *buf.get(pos).ok_or(QueryError::Malformed(WireError::Truncated("question")))?;
+            let b = *buf
+                .get(pos)
+                .ok_or(QueryError::Malformed(WireError::Truncated("question")))?;
             if b & 0xc0 != 0 {
                 return Err(QueryError::Malformed(WireError::BadLabelType(b)));
             }
@@ -695,7 +697,11 @@ impl MessageBuilder {
         let mut i = 0usize;
         while wire[i] != 0 {
             let suffix = &wire[i..];
-            if let Some(&off) = self.names.iter().find(|&&off| self.name_at_equals(off as usize, suffix)) {
+            if let Some(&off) = self
+                .names
+                .iter()
+                .find(|&&off| self.name_at_equals(off as usize, suffix))
+            {
                 self.buf.extend_from_slice(&(0xc000 | off).to_be_bytes());
                 self.register_name(start);
                 return;
@@ -711,7 +717,8 @@ impl MessageBuilder {
     /// Writes an owner name that is the question name, as a pointer to it
     /// (so the client's letter case is kept there too).
     pub fn put_qname_pointer(&mut self) {
-        self.buf.extend_from_slice(&(0xc000u16 | HEADER_LEN as u16).to_be_bytes());
+        self.buf
+            .extend_from_slice(&(0xc000u16 | HEADER_LEN as u16).to_be_bytes());
     }
 
     fn put_record_head(&mut self, rt: u16, cl: u16, ttl: u32) -> usize {
@@ -820,12 +827,16 @@ pub fn ede_option(info_code: u16, text: &str) -> Vec<u8> {
 /// Checks that a response answers the given question: same name (ignoring
 /// case), type and class. An answer that fails this is dropped as spoofed.
 pub fn response_matches(resp: &[u8], qname_lower: &[u8], qtype: u16, qclass: u16) -> bool {
-    let Ok(h) = Header::new(resp) else { return false };
+    let Ok(h) = Header::new(resp) else {
+        return false;
+    };
     if !h.qr() || h.qdcount() != 1 {
         return false;
     }
     let end = HEADER_LEN + qname_lower.len();
-    let Some(name) = resp.get(HEADER_LEN..end) else { return false };
+    let Some(name) = resp.get(HEADER_LEN..end) else {
+        return false;
+    };
     if !name.eq_ignore_ascii_case(qname_lower) {
         return false;
     }
