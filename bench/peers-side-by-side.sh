@@ -199,7 +199,7 @@ table() {
 ratios() {
     awk -F'\t' '
         NR == 1 { next }
-        { q[$1, $2, $3] = $4; runs[$3] = 1; if ($3 > maxr) maxr = $3 }
+        { q[$1, $2, $3] = $4; c[$1, $2, $3] = $15; k[$1, $2, $3] = ($1 == "knot" ? 0 : $16); if ($3 + 0 > maxr) maxr = $3 + 0 }
         function row(test, peer, goal, what,   r, s, sb, sp, nb, np, x) {
           s = ""; sb = sp = nb = np = 0
           for (r = 1; r <= maxr; r++) {
@@ -220,6 +220,27 @@ ratios() {
           row("miss", "unbound", "-", "context")
           row("miss", "knot", "-", "context: knot answering dnsperf directly, no forwarder")
           row("rewrite", "null", "-", "context: the rewrite answer is served from cache")
+          print ""
+          print "CPU-cost view of the same runs (less sensitive to other load on the machine): capacity = 1 / CPU per query,"
+          print "so the ratio dnsbridge / peer = peer CPU us/query / dnsbridge CPU us/query (utime+stime of the process, each at"
+          print "its own saturation rate); for misses the upstream knot shares the core, so its us/query behind each"
+          print "forwarder is added on both sides."
+          print ""
+          print "| test | capacity ratio from CPU per query | per run | of run sums | dnsbridge us/query (mean) | peer us/query (mean) |"
+          print "|---|---|---|---|---|---|"
+          crow("miss", "dnsdist", 1); crow("hit", "null", 0); crow("rewrite", "unbound", 0); crow("hit", "dnsdist", 0)
+        }
+        function crow(test, peer, withknot,   r, s, b, p, sb, sp, n) {
+          s = ""; sb = sp = n = 0
+          for (r = 1; r <= maxr; r++) {
+            if (!((("dnsbridge", test, r) in c) && ((peer, test, r) in c))) continue
+            b = c["dnsbridge", test, r] + (withknot ? k["dnsbridge", test, r] : 0)
+            p = c[peer, test, r] + (withknot ? k[peer, test, r] : 0)
+            if (b <= 0) continue
+            s = s (s == "" ? "" : " / ") sprintf("%.2f", p / b); sb += b; sp += p; n++
+          }
+          if (n == 0) return
+          printf "| %s | dnsbridge / %s%s | %s | %.2f | %.2f | %.2f |\n", test, peer, (withknot ? " (each + its knot)" : ""), s, sp / sb, sb / n, sp / n
         }' "$OUT/results.tsv"
 }
 
