@@ -159,6 +159,9 @@ impl Cache {
     /// Stores a complete answer (never a truncated one, never SERVFAIL).
     /// Returns false when the answer is not cacheable.
     pub fn insert(&self, key: Key, msg: &[u8], routed: bool, now: Instant) -> bool {
+        if self.settings.max_bytes == 0 {
+            return false;
+        }
         let Some((offsets, ttl)) = scan_ttls(msg, &self.settings) else {
             return false;
         };

@@ -69,6 +69,9 @@ pub struct UpstreamQuery {
 pub enum Action {
     /// Send these bytes back.
     Reply(Vec<u8>),
+    /// An answer from the cache; the route index when the name is routed
+    /// (for per-route counts).
+    Cached(Vec<u8>, Option<u32>),
     /// Send nothing (not a query, or not worth an answer).
     Drop,
     /// Forward the client's packet upstream; pass the answer to
@@ -192,7 +195,10 @@ pub fn handle(
     }
     let key = cache::key_for(&q);
     let stale = match cache.lookup(&key, now) {
-        Lookup::Fresh(e) => return Action::Reply(fit(e.serve(&q, now, false), &q, transport)),
+        Lookup::Fresh(e) => {
+            let route = routed.as_ref().map(|m| m.route.index as u32);
+            return Action::Cached(fit(e.serve(&q, now, false), &q, transport), route);
+        }
         Lookup::Stale(e) => Some(e),
         Lookup::Miss => None,
     };
@@ -272,6 +278,8 @@ pub struct Resolution {
     pub failure: Option<&'static str>,
     /// No upstream answered: a stale cached answer may stand in.
     pub upstream_failed: bool,
+    /// The index (in the config's list) of the route the question matched.
+    pub route_index: usize,
 }
 
 impl Resolution {
@@ -288,6 +296,7 @@ impl Resolution {
             done: None,
             failure: None,
             upstream_failed: false,
+            route_index: route.index,
         }
     }
 
@@ -416,6 +425,9 @@ impl Resolution {
         }
         let rc = r.rcode();
         if rc != rcode::NOERROR && rc != rcode::NXDOMAIN {
+            // Every upstream failed (the shell only passes SERVFAIL/REFUSED on
+            // once none answered better): a stale answer may stand in.
+            self.upstream_failed = true;
             self.fail("upstream failed");
             return;
         }

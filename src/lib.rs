@@ -20,5 +20,7 @@ pub mod ratelimit;
 pub mod route;
 pub mod serve;
 pub mod server;
+pub mod telemetry;
 pub mod upstream;
+pub mod validate;
 pub mod wire;

@@ -26,8 +26,8 @@ mod exit {
     long_about = "dnsbridge answers a route's source name (registry.corp.example) by resolving its destination \
 (a load balancer, an AWS VPC endpoint, a PSC address) and forwards every other query upstream.\n\n\
 The routes come from an instance's config.yaml, block spec.infrastructure.executorPrivateDNS, unchanged.",
-    after_help = "Exit codes: 0 success, 2 invalid config or flags, 3 runtime failure (bind, upstream setup).\n\
-Try: dnsbridge serve --config examples/ip-destination.yaml, then dig @127.0.0.1 -p 5353 registry.corp.example"
+    after_help = "Each subcommand documents its exit codes in its own --help.\n\
+Try: dnsbridge serve --config examples/quickstart.yaml, then dig @127.0.0.1 -p 5353 registry.corp.example"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +38,12 @@ struct Cli {
 enum Command {
     /// Run the DNS proxy.
     Serve(ServeArgs),
+    /// Check config files and report every problem with its position (for pull requests).
+    Validate(dnsbridge::validate::ValidateArgs),
+    /// Show which route a name matches, and why.
+    Route(dnsbridge::validate::RouteArgs),
+    /// Show the routes added, removed and changed between two configs.
+    Diff(dnsbridge::validate::DiffArgs),
     /// Say stage by stage whether a private registry is reachable: route, DNS, TCP, TLS, API.
     Check(dnsbridge::check::CheckArgs),
     /// Open the microVM firewall for the registries (and DNS to the proxy), and nothing else.
@@ -45,6 +51,15 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Signals: SIGHUP reloads the config (also reloaded when the file changes on disk); \
+the new file is validated whole and swapped in atomically, or the old one keeps serving and the error is \
+logged and counted (dnsbridge_reloads_total{result=\"failure\"}). Listeners are never re-bound. \
+SIGTERM stops taking queries, answers those in flight (up to 5 s) and exits 0.\n\n\
+Exit codes: 0 clean shutdown; 2 invalid config or flags (every error is logged with file:line:column); \
+3 runtime failure (a listener or the metrics address could not be bound).\n\n\
+Examples:\n  dnsbridge serve --config examples/quickstart.yaml\n  \
+dnsbridge serve --config /etc/dnsbridge/config.yaml --listen 10.61.0.1:53 --listen 127.0.0.1:53 \\\n      \
+--upstream 169.254.169.254 --egress-set dnsbridge-registry --metrics 127.0.0.1:9153")]
 struct ServeArgs {
     /// Instance config.yaml (routes under spec.infrastructure.executorPrivateDNS, runtime
     /// settings under dnsbridge:). Without it: no routes, listening on 127.0.0.1:5353.
@@ -125,6 +140,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => dnsbridge::check::run_blocking(args),
+        Command::Validate(a) => dnsbridge::validate::run_validate(&a),
+        Command::Route(a) => dnsbridge::validate::run_route(&a),
+        Command::Diff(a) => dnsbridge::validate::run_diff(&a),
         Command::Firewall(args) => firewall(args),
         Command::Serve(args) => {
             init_logging(&args.log_format);

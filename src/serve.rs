@@ -21,6 +21,7 @@ use crate::net::Cidr;
 use crate::ratelimit::RateLimiter;
 use crate::route::RouteTable;
 use crate::server::{self, Shared};
+use crate::telemetry::{self, Metrics};
 use crate::upstream::{self, Upstreams};
 
 /// Settings given on the command line; each overrides the file when set.
@@ -104,6 +105,12 @@ pub fn effective_config(o: &Overrides) -> Result<Config, ServeError> {
     }
     if let Some(g) = o.egress_grace {
         rt.egress_grace = g;
+    }
+    if let Some(b) = o.cache_bytes {
+        rt.cache_bytes = b;
+    }
+    if let Some(r) = o.rate_limit {
+        rt.rate_limit = r;
     }
     Ok(cfg)
 }
@@ -198,13 +205,13 @@ impl Running {
                 "no upstream resolver: /etc/resolv.conf names none besides this proxy; give --upstream. Routes to IP addresses still answer."
             );
         }
-        let upstreams = Upstreams::new(ups.clone(), cfg.runtime.upstream_timeout).await?;
-        let mut cs = CacheSettings::default();
-        if let Some(b) = o.cache_bytes {
-            cs.max_bytes = b;
-        }
-        let cache = Cache::new(cs);
-        let limiter = RateLimiter::new(o.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT), true);
+        let metrics = Arc::new(Metrics::new());
+        let upstreams = Upstreams::new(ups.clone(), cfg.runtime.upstream_timeout, metrics.clone()).await?;
+        let cache = Cache::new(CacheSettings {
+            max_bytes: cfg.runtime.cache_bytes,
+            ..CacheSettings::default()
+        });
+        let limiter = RateLimiter::new(cfg.runtime.rate_limit, true);
         let egress = match &cfg.runtime.egress_set {
             Some(set) => {
                 // Created (if missing) before privileges are dropped.
@@ -215,7 +222,9 @@ impl Running {
             }
             None => None,
         };
-        let shared = Shared::new(build_state(&cfg), upstreams, cache, limiter, egress);
+        let shared = Shared::new(build_state(&cfg), upstreams, cache, limiter, egress, metrics.clone());
+        metrics.set_routes(telemetry::route_labels(&cfg.routes));
+        metrics.reload_succeeded();
         shared.query_log.store(o.query_log, Ordering::Relaxed);
         let mut bound = Vec::new();
         let mut tasks = Vec::new();
@@ -229,6 +238,16 @@ impl Running {
             tasks.push(tokio::spawn(server::serve_udp(Arc::new(udp), shared.clone())));
             tasks.push(tokio::spawn(server::serve_tcp(tcp, shared.clone())));
         }
+        let metrics_listener = match cfg.runtime.metrics {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind metrics {addr}: {e}")))?;
+                tracing::info!("bound metrics {}", l.local_addr()?);
+                Some(l)
+            }
+            None => None,
+        };
         if let Some(user) = &o.user {
             crate::privdrop::drop_to(user, cfg.runtime.egress_set.is_some())
                 .map_err(|e| ServeError::Config(format!("cannot drop privileges: {e}")))?;
@@ -249,6 +268,11 @@ impl Running {
             last_reload_ok: AtomicU64::new(unix_now()),
         });
         running.shared.upstreams_prober();
+        if let Some(l) = metrics_listener {
+            let status: Arc<dyn telemetry::Status> =
+                Arc::new(ServeStatus(Arc::downgrade(&running), Default::default()));
+            tokio::spawn(telemetry::serve_http(l, metrics, status));
+        }
         Ok(running)
     }
 
@@ -259,9 +283,11 @@ impl Running {
             Ok(()) => {
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 self.last_reload_ok.store(unix_now(), Ordering::Relaxed);
+                self.shared.metrics.reload_succeeded();
             }
             Err(e) => {
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.reload_failed();
                 if let ServeError::Invalid { path, diagnostics, .. } = e {
                     for d in diagnostics {
                         tracing::error!("{path}:{}: {} [{}]", d.pos, d.message, d.rule);
@@ -283,14 +309,23 @@ impl Running {
         let ups = resolve_upstreams(&cfg, &self.listen)?;
         let new = Arc::new(build_state(&cfg));
         let old = self.shared.state.swap(new.clone());
+        self.shared.metrics.set_routes(telemetry::route_labels(&cfg.routes));
         self.shared.upstreams.set_servers(&ups);
         let settings_changed =
             old.settings.cname_ttl != new.settings.cname_ttl || old.settings.flatten != new.settings.flatten;
-        // Drop the cached answers whose route changed (or that a new route
-        // now captures), so the new routes take effect at once.
+        // A routed answer may depend on several routes (a chain a -> b -> c),
+        // so any change to the routes drops every routed answer; names that a
+        // new route now captures drop their forwarded answers too.
+        let routes_changed = old.table.routes().len() != new.table.routes().len()
+            || old
+                .table
+                .routes()
+                .iter()
+                .any(|r| !new.table.routes().iter().any(|n| same_route(Some(r), Some(n))));
+        let drop_routed = settings_changed || routes_changed;
         self.shared.cache.remove_where(|k, e| {
             let name = cache::key_name(k);
-            (e.routed && settings_changed)
+            (e.routed && drop_routed)
                 || !same_route(
                     old.table.lookup(name).map(|m| m.route),
                     new.table.lookup(name).map(|m| m.route),
@@ -350,6 +385,80 @@ impl Running {
     }
 }
 
+/// What `/readyz`, `/routes` and the scrape-time metrics read.
+struct ServeStatus(std::sync::Weak<Running>, std::sync::Mutex<(u64, u64)>);
+
+impl telemetry::Status for ServeStatus {
+    fn ready(&self) -> Result<(), String> {
+        let Some(r) = self.0.upgrade() else {
+            return Err("shutting down".into());
+        };
+        if r.shared.draining.load(Ordering::Relaxed) {
+            return Err("draining for shutdown".into());
+        }
+        let ups: Vec<(SocketAddr, bool)> = r
+            .shared
+            .upstreams
+            .health()
+            .iter()
+            .map(|h| (h.addr, !h.is_down()))
+            .collect();
+        telemetry::readiness(!r.bound.is_empty(), &ups)
+    }
+
+    fn routes_json(&self) -> serde_json::Value {
+        let Some(r) = self.0.upgrade() else {
+            return serde_json::Value::Array(Vec::new());
+        };
+        let st = r.shared.state.load();
+        telemetry::routes_json(st.table.routes(), st.settings.cname_ttl, st.settings.flatten)
+    }
+
+    fn refresh(&self, m: &Metrics) {
+        let Some(r) = self.0.upgrade() else { return };
+        let c = &r.shared.cache;
+        m.set_cache_size(c.len() as u64, c.bytes());
+        m.set_cache_totals(
+            c.stats.hits.load(Ordering::Relaxed),
+            c.stats.misses.load(Ordering::Relaxed),
+            c.stats.stale_served.load(Ordering::Relaxed),
+        );
+        for h in r.shared.upstreams.health().iter() {
+            if let Some(idx) = m.upstream_index(h.addr) {
+                m.set_upstream_up(idx, !h.is_down());
+            }
+        }
+        if let Some(eg) = &r.shared.egress {
+            // The egress set keeps its own totals; pass on what is new.
+            let st = eg.stats();
+            let mut seen = self.1.lock().unwrap_or_else(|e| e.into_inner());
+            m.egress_entries_added(st.added.saturating_sub(seen.0));
+            for _ in 0..st.failures.saturating_sub(seen.1).min(10_000) {
+                m.egress_failure();
+            }
+            *seen = (st.added, st.failures);
+        }
+    }
+
+    fn extra_metrics(&self) -> Vec<telemetry::Extra> {
+        let Some(r) = self.0.upgrade() else { return Vec::new() };
+        let Some(eg) = &r.shared.egress else { return Vec::new() };
+        let st = eg.stats();
+        vec![
+            telemetry::Extra::counter(
+                "dnsbridge_egress_entries_expired_total",
+                "Egress set entries that reached their timeout without being renewed.",
+                st.expired as f64,
+            ),
+            telemetry::Extra::gauge(
+                "dnsbridge_egress_entries",
+                "Addresses in the egress set now.",
+                st.live as f64,
+            ),
+        ]
+    }
+}
+
 /// Binds UDP and TCP on the same address and port. With port 0 the kernel
 /// picks the UDP port, which another process may hold for TCP: then both are
 /// tried again on a new port.
@@ -370,8 +479,6 @@ fn bind_pair(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, tokio::net::Tcp
     ))
 }
 
-/// Default per-client query rate (non-loopback clients), per second.
-pub const DEFAULT_RATE_LIMIT: u32 = 2000;
 const WATCH_EVERY: Duration = Duration::from_millis(250);
 const SETTLE: Duration = Duration::from_millis(100);
 

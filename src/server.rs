@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::cache::{Cache, Lookup};
 use crate::core::{self, Action, Miss, Resolution, State, Transport};
 use crate::ratelimit::RateLimiter;
+use crate::telemetry::Metrics;
 use crate::upstream::Upstreams;
 use crate::wire::Query;
 
@@ -57,6 +58,7 @@ pub struct Shared {
     pub query_log: AtomicBool,
     /// The microVM firewall's set of registry addresses, filled from routed answers.
     pub egress: Option<crate::egress::EgressSet>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -66,6 +68,7 @@ impl Shared {
         cache: Cache,
         limiter: RateLimiter,
         egress: Option<crate::egress::EgressSet>,
+        metrics: Arc<Metrics>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
@@ -77,6 +80,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             query_log: AtomicBool::new(false),
             egress,
+            metrics,
         })
     }
 
@@ -118,7 +122,7 @@ impl Shared {
         let (miss, res) = match action {
             Action::Forward(m) => (m, None),
             Action::Resolve(r, m) => (m, Some(r)),
-            Action::Reply(b) => return Some(b),
+            Action::Reply(b) | Action::Cached(b, _) => return Some(b),
             Action::Drop => return None,
         };
         let q = Query::parse(packet).ok()?;
@@ -147,6 +151,7 @@ impl Shared {
     ) -> Option<Vec<u8>> {
         let out = match res {
             Some(res) => {
+                self.metrics.routed(res.route_index);
                 let (answer, failed) = self.resolve(state, *res).await;
                 if failed {
                     core::upstream_failure(packet, miss.stale.as_deref(), transport, Instant::now())
@@ -157,6 +162,11 @@ impl Shared {
                 }
             }
             None => match self.upstreams.query(packet, None).await {
+                // Every upstream failed with SERVFAIL or REFUSED: serve stale
+                // when there is something to serve (RFC 8767).
+                Ok(resp) if miss.stale.is_some() && is_failure(&resp) => {
+                    core::upstream_failure(packet, miss.stale.as_deref(), transport, Instant::now())
+                }
                 Ok(resp) => {
                     // Cache the full answer before it is fitted to this client.
                     let full = core::finish_forward(packet, resp, Transport::Tcp);
@@ -217,8 +227,15 @@ impl Shared {
                 self.count_reply(&state, peer);
                 Some(b)
             }
+            Action::Cached(b, route) => {
+                if let Some(i) = route {
+                    self.metrics.routed(i as usize);
+                }
+                Some(b)
+            }
             Action::Drop => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.metrics.dropped();
                 None
             }
             action => self.answer_miss(&state, packet, action, transport).await,
@@ -248,8 +265,16 @@ impl Shared {
     fn count_reply(&self, state: &State, peer: SocketAddr) {
         if !state.allowed(peer.ip()) {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            self.metrics.refused();
         }
     }
+}
+
+fn is_failure(resp: &[u8]) -> bool {
+    crate::wire::Header::new(resp).is_ok_and(|h| {
+        let rc = h.rcode();
+        rc == crate::wire::rcode::SERVFAIL || rc == crate::wire::rcode::REFUSED
+    })
 }
 
 /// Binds a UDP socket. IP_FREEBIND lets the proxy listen on the microVM
@@ -301,11 +326,13 @@ pub async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
         shared.stats.udp_queries.fetch_add(1, Ordering::Relaxed);
         if shared.upstreams.is_own_socket(peer) {
             shared.stats.loops.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.forwarding_loop();
             tracing::error!(%peer, "forwarding loop: an upstream sent our own query back to us; check the upstream list");
             continue;
         }
         if !shared.limiter.allow(peer.ip(), Instant::now()) {
             shared.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.rate_limited();
             continue;
         }
         let packet = &buf[..n];
@@ -314,10 +341,20 @@ pub async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
             Action::Reply(b) => {
                 shared.count_reply(&state, peer);
                 shared.log_query(peer, Transport::Udp, packet, Some(&b), "answered locally");
+                shared.metrics.answered(Transport::Udp, &b);
+                let _ = sock.send_to(&b, peer).await;
+            }
+            Action::Cached(b, route) => {
+                if let Some(i) = route {
+                    shared.metrics.routed(i as usize);
+                }
+                shared.log_query(peer, Transport::Udp, packet, Some(&b), "cache");
+                shared.metrics.answered(Transport::Udp, &b);
                 let _ = sock.send_to(&b, peer).await;
             }
             Action::Drop => {
                 shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.dropped();
             }
             action => {
                 let Ok(permit) = shared.in_flight.try_acquire() else {
@@ -341,6 +378,7 @@ pub async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
                     let out = shared2.answer_miss(&state, &packet, action, Transport::Udp).await;
                     shared2.log_query(peer, Transport::Udp, &packet, out.as_deref(), how);
                     if let Some(b) = out {
+                        shared2.metrics.answered(Transport::Udp, &b);
                         let _ = sock2.send_to(&b, peer).await;
                     }
                     shared2.in_flight.add_permits(1);
@@ -374,6 +412,7 @@ pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
         let shared = shared.clone();
         tokio::spawn(async move {
             shared.stats.tcp_connections.fetch_add(1, Ordering::Relaxed);
+            let _guard = shared.metrics.tcp_connection();
             let _ = serve_connection(stream, peer, shared.clone()).await;
             shared.stats.tcp_connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
@@ -413,6 +452,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         shared.stats.tcp_queries.fetch_add(1, Ordering::Relaxed);
         if !shared.limiter.allow(peer.ip(), Instant::now()) {
             shared.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.rate_limited();
             continue;
         }
         let Ok(permit) = shared.in_flight.try_acquire() else {
@@ -426,6 +466,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             let out = shared.answer(&msg, peer, Transport::Tcp).await;
             shared.log_query(peer, Transport::Tcp, &msg, out.as_deref(), "tcp");
             if let Some(out) = out {
+                shared.metrics.answered(Transport::Tcp, &out);
                 let _ = tx.send(out).await;
             }
             shared.in_flight.add_permits(1);

@@ -129,6 +129,7 @@ pub struct Upstreams {
     next: AtomicUsize,
     pub stats: Arc<UpstreamStats>,
     rotate_next: AtomicUsize,
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 /// How often one socket of each pool is replaced.
@@ -137,7 +138,12 @@ const ROTATE_EVERY: Duration = Duration::from_secs(2);
 impl Upstreams {
     /// Binds the socket pool and starts the reader tasks. Must run inside a
     /// tokio runtime.
-    pub async fn new(servers: Vec<SocketAddr>, per_try: Duration) -> io::Result<Upstreams> {
+    pub async fn new(
+        servers: Vec<SocketAddr>,
+        per_try: Duration,
+        metrics: Arc<crate::telemetry::Metrics>,
+    ) -> io::Result<Upstreams> {
+        metrics.set_upstreams(servers.clone());
         let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
         let stats = Arc::new(UpstreamStats::default());
         let v4 = Family::bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED), &pending, &stats, per_try).await?;
@@ -154,6 +160,7 @@ impl Upstreams {
             next: AtomicUsize::new(0),
             stats,
             rotate_next: AtomicUsize::new(0),
+            metrics,
         })
     }
 
@@ -179,6 +186,7 @@ impl Upstreams {
             })
             .collect();
         self.servers.store(Arc::new(new));
+        self.metrics.set_upstreams(servers.to_vec());
     }
 
     /// True when `peer` is one of this proxy's own upstream sockets: a query
@@ -262,6 +270,7 @@ impl Upstreams {
         let mut last_err = None;
         let mut fallback = None;
         for (server, health) in order {
+            let started = tokio::time::Instant::now();
             let result = self.query_one(msg, server).await;
             if let Some(h) = health {
                 match &result {
@@ -269,6 +278,7 @@ impl Upstreams {
                     Err(_) => h.failure(),
                 }
             }
+            self.observe(server, started.elapsed(), &result);
             match result {
                 Ok(resp) => {
                     let rc = Header(&resp).rcode();
@@ -288,6 +298,30 @@ impl Upstreams {
             (Some(resp), _) => Ok(resp),
             (None, Some(e)) => Err(UpstreamError::AllFailed(Box::new(e))),
             (None, None) => Err(UpstreamError::NoUpstreams),
+        }
+    }
+
+    /// Latency and failure metrics for one attempt.
+    fn observe(&self, server: SocketAddr, took: Duration, result: &Result<Vec<u8>, UpstreamError>) {
+        use crate::telemetry::FailReason;
+        let Some(idx) = self.metrics.upstream_index(server) else {
+            return;
+        };
+        let reason = match result {
+            Ok(resp) => {
+                self.metrics.upstream_latency(idx, took);
+                match Header(resp).rcode() {
+                    rcode::SERVFAIL => Some(FailReason::Servfail),
+                    rcode::REFUSED => Some(FailReason::Refused),
+                    _ => None,
+                }
+            }
+            Err(UpstreamError::Timeout(_)) => Some(FailReason::Timeout),
+            Err(UpstreamError::Mismatch(_)) => Some(FailReason::Mismatch),
+            Err(_) => Some(FailReason::Io),
+        };
+        if let Some(r) = reason {
+            self.metrics.upstream_failure(idx, r);
         }
     }
 

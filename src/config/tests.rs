@@ -67,7 +67,7 @@ fn cycles_are_found_and_listed_in_order() {
     );
     let p = parse_str(&text);
     let d = p.diagnostics.iter().find(|d| d.rule == "route-cycle").unwrap();
-    assert_eq!(d.message, "routes form a cycle: a.corp -> b.corp -> a.corp");
+    assert_eq!(d.message, "routes form a cycle: `a.corp` -> `b.corp` -> `a.corp`");
     let text = wrap("        - source: \"*.corp.example\"\n          destination: registry.corp.example\n");
     assert!(rules(&text).iter().any(|r| r.0 == "route-cycle"));
     let text = wrap("        - source: \"*.a.example\"\n          destination: \"*.b.a.example\"\n");
@@ -150,4 +150,84 @@ fn runtime_block() {
 fn yaml_syntax_error_has_position() {
     let r = rules("spec:\n  infrastructure: [\n");
     assert_eq!(r[0].0, "yaml-syntax");
+}
+
+#[test]
+fn forwarding_loops_only_against_the_files_own_listen() {
+    // No `listen` in the file: serve's flags decide, so nothing to say here.
+    let text = wrap("        - source: a.corp\n          destination: b.pub\n          resolverIP: 127.0.0.1:5353\n");
+    assert!(parse_str(&text).config.is_some());
+    let text = format!("dnsbridge:\n  upstreams: 127.0.0.1:5353\n{text}");
+    assert!(parse_str(&text).config.is_some());
+    // With it, both an upstream and a resolverIP pointing back are errors.
+    let text = format!(
+        "dnsbridge:\n  listen: 0.0.0.0:53\n  upstreams: [10.0.0.2, 127.0.0.1]\n{}",
+        wrap("        - source: a.corp\n          destination: b.pub\n          resolverIP: 127.0.0.1\n")
+    );
+    assert_eq!(
+        rules(&text),
+        vec![("forwarding-loop", 3, 25), ("forwarding-loop", 11, 23)]
+    );
+}
+
+#[test]
+fn duplicates_found_even_in_broken_routes() {
+    let text = wrap("        - source: a.corp\n          destination: b.pub\n        - source: A.corp\n");
+    let r = rules(&text);
+    assert!(r.contains(&("duplicate-source", 8, 19)), "{r:?}");
+    assert!(r.contains(&("missing-key", 8, 11)), "{r:?}");
+}
+
+#[test]
+fn allow_comment_accepts_a_warning_but_never_an_error() {
+    let text =
+        wrap("        - source: a.corp\n          destination: 10.1.2.3  # dnsbridge-allow: firewall-blocked-ip\n");
+    assert!(parse_str(&text).diagnostics.is_empty());
+    let text = wrap(
+        "        - source: a.corp\n          # dnsbridge-allow: firewall-blocked-ip, route-cycle\n          destination: 10.1.2.3\n        - source: b.corp\n          destination: b.corp # dnsbridge-allow: self-route\n",
+    );
+    assert_eq!(rules(&text), vec![("self-route", 10, 24)]);
+}
+
+#[test]
+fn cycle_checks_do_not_flag_chains_that_leave() {
+    // Exact beats wildcard: the exact route for the destination leads out.
+    let text = wrap(
+        "        - source: \"*.corp.example\"\n          destination: registry.corp.example\n        - source: registry.corp.example\n          destination: lb.pub.example\n",
+    );
+    assert!(parse_str(&text).config.is_some(), "{:?}", parse_str(&text).diagnostics);
+    // A wildcard to a sibling suffix that nothing captures.
+    let text = wrap(
+        "        - source: \"*.a.example\"\n          destination: \"*.b.example\"\n        - source: \"*.c.b.example\"\n          destination: x.pub\n",
+    );
+    assert!(parse_str(&text).config.is_some(), "{:?}", parse_str(&text).diagnostics);
+}
+
+#[test]
+fn misplaced_or_misspelled_block_warns() {
+    let text = "spec:\n  executorPrivateDNS:\n    routes: []\n";
+    assert_eq!(rules(text), vec![("block-not-read", 2, 3)]);
+    let text =
+        "spec:\n  infrastructure:\n    executorPrivateDns:\n      routes: []\ndnsBridge:\n  listen: 127.0.0.1:53\n";
+    assert_eq!(rules(text), vec![("block-not-read", 3, 5), ("block-not-read", 5, 1)]);
+}
+
+#[test]
+fn a_long_ring_is_reported_once_and_briefly() {
+    let mut routes = String::new();
+    for i in 0..2000 {
+        routes.push_str(&format!(
+            "        - source: r{i}.corp\n          destination: r{}.corp\n",
+            (i + 1) % 2000
+        ));
+    }
+    let p = parse_str(&wrap(&routes));
+    let cycles: Vec<_> = p.diagnostics.iter().filter(|d| d.rule == "route-cycle").collect();
+    assert_eq!(cycles.len(), 1, "one ring, reported once");
+    assert!(
+        cycles[0]
+            .message
+            .starts_with("2000 routes form a cycle: `r0.corp` -> `r1.corp`")
+    );
+    assert!(cycles[0].related.len() <= 8);
 }

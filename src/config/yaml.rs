@@ -162,6 +162,10 @@ pub struct SyntaxError {
 }
 
 /// Parses a whole document into a positioned tree. An empty document is Null.
+///
+/// Repeated keys are passed through (every entry is kept, in order) rather
+/// than failing the whole file, so that the config reader can report them
+/// with both positions next to every other finding.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     if text.trim().is_empty() {
         return Ok(Node {
@@ -169,7 +173,10 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             pos: Pos { line: 1, column: 1 },
         });
     }
-    serde_saphyr::from_str::<Node>(text).map_err(|e| {
+    let options = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+    };
+    serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
         let pos = e
             .location()
             .map(|l| Pos {
@@ -177,10 +184,32 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
                 column: l.column() as u32,
             })
             .unwrap_or(Pos { line: 1, column: 1 });
-        // The library's message repeats the position; keep the first line.
-        let message = e.to_string().lines().next().unwrap_or("invalid YAML").to_string();
-        SyntaxError { pos, message }
+        SyntaxError {
+            pos,
+            message: clean_message(&e.to_string()),
+        }
     })
+}
+
+/// The library's message repeats the position ("error: line 3 column 5:
+/// ...") and may add a snippet; keep the first line without the prefix.
+fn clean_message(raw: &str) -> String {
+    let first = raw.lines().next().unwrap_or("invalid YAML").trim();
+    let mut m = first.strip_prefix("error:").unwrap_or(first).trim_start();
+    if let Some(rest) = m.strip_prefix("line ")
+        && let Some(i) = rest.find(": ")
+        && rest[..i]
+            .split(" column ")
+            .all(|p| p.trim().bytes().all(|b| b.is_ascii_digit()))
+    {
+        m = &rest[i + 2..];
+    }
+    let m = m.trim().trim_end_matches('.');
+    if m.is_empty() {
+        "invalid YAML".to_string()
+    } else {
+        m.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -213,5 +242,15 @@ mod tests {
     fn syntax_error_has_position() {
         let e = parse("a: [1, 2\nb: c\n").unwrap_err();
         assert!(e.pos.line >= 1);
+        assert!(!e.message.starts_with("error"), "{}", e.message);
+    }
+
+    #[test]
+    fn repeated_keys_are_kept() {
+        let n = parse("a: 1\nb: 2\na: 3\n").unwrap();
+        let Kind::Map(entries) = &n.kind else { panic!() };
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[2].0.pos, Pos { line: 3, column: 1 });
+        assert_eq!(n.get("a").unwrap().kind, Kind::Int(1));
     }
 }

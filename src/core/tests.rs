@@ -112,7 +112,7 @@ fn run(st: &State, q: &[u8], zone: &Zone, transport: Transport) -> (Vec<u8>, Vec
         transport,
         Instant::now(),
     ) {
-        Action::Reply(b) => (b, vec![]),
+        Action::Reply(b) | Action::Cached(b, _) => (b, vec![]),
         Action::Drop => (vec![], vec![]),
         Action::Forward(_) => (zone.answer(q), vec![]),
         Action::Resolve(mut res, _) => {

@@ -280,20 +280,6 @@ pub fn dnsbridge_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_dnsbridge"))
 }
 
-fn help_of(bin: &Path, sub: &str) -> String {
-    Command::new(bin)
-        .args([sub, "--help"])
-        .output()
-        .map(|o| {
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            )
-        })
-        .unwrap_or_default()
-}
-
 impl Proxy {
     pub fn start(config: &Path, listen: SocketAddr, upstream: SocketAddr) -> Proxy {
         let mut child = Command::new(dnsbridge_bin())
@@ -489,24 +475,9 @@ impl World {
     }
 }
 
-/// The binary that runs `check`: the main binary once it has the subcommand,
-/// else the `check_cli` example, built once per test run (`cargo test
-/// --test` does not rebuild examples by itself).
+/// The binary that runs `check`.
 pub fn check_bin() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let main = dnsbridge_bin();
-        if help_of(&main, "check").contains("--ca-file") {
-            return main;
-        }
-        run_ok(
-            Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "--example", "check_cli"])
-                .current_dir(env!("CARGO_MANIFEST_DIR")),
-        );
-        main.parent().unwrap().join("examples").join("check_cli")
-    })
-    .clone()
+    dnsbridge_bin()
 }
 
 pub struct CheckRun {
