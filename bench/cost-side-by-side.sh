@@ -18,7 +18,9 @@
 # peers.sh's config with a local control channel added (unbound: remote-control on
 # a unix socket + extended-statistics; dnsdist: console on 127.0.0.1:5199 with a
 # random key), so that their cache can be counted; their new PIDs go into
-# peers.sh's pid files so that `peers.sh stop` stops them.
+# peers.sh's pid files so that `peers.sh stop` stops them. dnsbridge runs its
+# metrics endpoint (--metrics 127.0.0.1:$BRIDGE_METRICS_PORT, when the binary has
+# it) in the memory phase, to read dnsbridge_cache_entries / _bytes.
 #
 # Usage (from the repository root): bash bench/cost-side-by-side.sh [all|cost|memory|table|stop]
 #   all (default) = peers.sh install/configure/build, cargo build, cost, memory, table.
@@ -62,6 +64,8 @@ OUTSTANDING=${OUTSTANDING:-100}
 DNSPERF_TIMEOUT=${DNSPERF_TIMEOUT:-2}
 HZ=$(getconf CLK_TCK)
 DNSDIST_CONSOLE=$ADDR:5199
+BRIDGE_METRICS_PORT=${BRIDGE_METRICS_PORT:-5198}
+BRIDGE_METRICS=
 
 HIT_TARGETS=${HIT_TARGETS:-knot dnsmasq dnsmasq-c2k unbound dnsdist dnsbridge null}
 MISS_TARGETS=${MISS_TARGETS:-knot dnsmasq dnsmasq-c2k unbound dnsdist dnsbridge}
@@ -226,9 +230,14 @@ cache_info() {  # name -> one-line cache description
             timeout 10 dnsdist -c -C "$WORK/cost-side/dnsdist.conf" -e 'getPool(""):getCache():printStats()' 2>&1 |
                 awk -F': *' '/^Entries:/ { e = $2 } /^Insert Collisions:/ { c = $2 } END { printf "packet cache entries %s, insert collisions %s", e, c }' ;;
         dnsbridge)
-            # no entry counter reachable from outside in this build (metrics are not served yet);
-            # a second pass over the fill names would tell hits from misses, but would also refill.
-            echo "cache bound: $(grep -o -- '--cache-size [0-9]*' <<<"$BRIDGE_ARGS" || echo 'default 64 MiB (bytes)')" ;;
+            # its Prometheus endpoint (memory phase only, when the binary has --metrics)
+            if [ -n "$BRIDGE_METRICS" ]; then
+                timeout 5 curl -s --noproxy '*' "http://$BRIDGE_METRICS/metrics" 2>/dev/null |
+                    awk '/^dnsbridge_cache_(entries|bytes) / { printf "%s%s %s", (n++ ? ", " : ""), $1, $2 }
+                         END { if (!n) printf "metrics unreachable" }'
+            else
+                echo "no cache counter (this build serves no metrics); bound: default 64 MiB of weight"
+            fi ;;
         *) echo "no cache" ;;
     esac
 }
@@ -236,6 +245,11 @@ cache_info() {  # name -> one-line cache description
 memory() {
     mkdir -p "$COST_OUT/raw" "$WORK/q"
     printf "$MEM_HDR" >"$COST_OUT/mem.tsv"
+    # like the peers' control channels: dnsbridge's own metrics endpoint, to count its cache
+    if "$BRIDGE_BIN" serve --help 2>/dev/null | grep -q -- '--metrics'; then
+        BRIDGE_METRICS=$ADDR:$BRIDGE_METRICS_PORT
+        BRIDGE_ARGS="$BRIDGE_ARGS --metrics $BRIDGE_METRICS"
+    fi
     start_all
     control_configs
     restart_with_control unbound
@@ -259,7 +273,12 @@ memory() {
 
 # ---------------------------------------------------------------- table
 table() {
-    [ -s "$COST_OUT/cost.tsv" ] || die "no $COST_OUT/cost.tsv"
+    [ -s "$COST_OUT/cost.tsv" ] || [ -s "$COST_OUT/mem.tsv" ] || die "no $COST_OUT/cost.tsv nor mem.tsv"
+    [ -s "$COST_OUT/cost.tsv" ] && { cost_tables; echo; }
+    mem_table
+}
+
+cost_tables() {
     awk -F'\t' '
         NR == 1 { next }
         { k = $2 SUBSEP $1 SUBSEP $4; if (!(k in cnt)) order[++n] = k
@@ -298,7 +317,9 @@ table() {
           b = mk("dnsbridge", "miss", mq); p = mk("dnsdist", "miss", mq)
           if (b >= 0 && p >= 0) printf "| miss at %s qps, knot upstream | knot behind dnsdist | %.1f | %.1f | %+.1f | %.2f | the upstream'"'"'s cost per forwarded query (same knot) |\n", mq, b, p, b - p, (p > 0 ? b / p : 0)
         }' "$COST_OUT/cost.tsv" | tee "$COST_OUT/table-compare.md"
-    echo
+}
+
+mem_table() {
     [ -s "$COST_OUT/mem.tsv" ] || return 0
     awk -F'\t' '
         FNR == 1 { next }
