@@ -7,6 +7,7 @@
 //! query (no sockets, no clock of its own), `upstream` and `server` are the
 //! thin async shell around it.
 
+pub mod batch;
 pub mod cache;
 pub mod check;
 pub mod config;

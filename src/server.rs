@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
+use crate::batch::{RecvBatch, SendBatch};
 use crate::cache::{Cache, Lookup};
 use crate::core::{self, Action, Miss, Resolution, State, Transport};
 use crate::ratelimit::RateLimiter;
@@ -311,79 +312,104 @@ fn prepare(s: &Socket, addr: SocketAddr) -> io::Result<()> {
 
 /// Serves one UDP socket until draining starts.
 pub async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
-    let mut buf = vec![0u8; 65535];
+    let mut batch = RecvBatch::new();
+    let mut replies = SendBatch::default();
     loop {
-        let (n, peer) = match sock.recv_from(&mut buf).await {
-            Ok(x) => x,
+        let n = match batch.recv(&sock).await {
+            Ok(n) => n,
             Err(e) => {
                 tracing::debug!(error = %e, "UDP receive error");
+                tokio::task::yield_now().await;
                 continue;
             }
         };
         if shared.draining.load(Ordering::Relaxed) {
             return;
         }
-        shared.stats.udp_queries.fetch_add(1, Ordering::Relaxed);
-        if shared.upstreams.is_own_socket(peer) {
-            shared.stats.loops.fetch_add(1, Ordering::Relaxed);
-            shared.metrics.forwarding_loop();
-            tracing::error!(%peer, "forwarding loop: an upstream sent our own query back to us; check the upstream list");
-            continue;
-        }
-        if !shared.limiter.allow(peer.ip(), Instant::now()) {
-            shared.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-            shared.metrics.rate_limited();
-            continue;
-        }
-        let packet = &buf[..n];
-        let state = shared.state.load();
-        match core::handle(&state, &shared.cache, packet, peer.ip(), Transport::Udp, Instant::now()) {
-            Action::Reply(b) => {
-                shared.count_reply(&state, peer);
-                shared.log_query(peer, Transport::Udp, packet, Some(&b), "answered locally");
-                shared.metrics.answered(Transport::Udp, &b);
-                let _ = sock.send_to(&b, peer).await;
-            }
-            Action::Cached(b, route) => {
-                if let Some(i) = route {
-                    shared.metrics.routed(i as usize);
-                }
-                shared.log_query(peer, Transport::Udp, packet, Some(&b), "cache");
-                shared.metrics.answered(Transport::Udp, &b);
-                let _ = sock.send_to(&b, peer).await;
-            }
-            Action::Drop => {
+        let now = Instant::now();
+        let state = shared.state.load_full();
+        for i in 0..n {
+            let Some((packet, peer)) = batch.get(i) else {
                 shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                shared.metrics.dropped();
+                continue;
+            };
+            if let Some(b) = udp_packet(&sock, &shared, &state, packet, peer, now) {
+                replies.push(b, peer);
             }
-            action => {
-                let Ok(permit) = shared.in_flight.try_acquire() else {
-                    shared.stats.overload.fetch_add(1, Ordering::Relaxed);
-                    if let Some(b) = core::upstream_failure(packet, None, Transport::Udp, Instant::now()) {
-                        let _ = sock.send_to(&b, peer).await;
-                    }
-                    continue;
+        }
+        if !replies.is_empty() {
+            replies.flush(&sock).await;
+        }
+    }
+}
+
+/// One datagram: the answer to send now, if it is ready; misses go to a task
+/// that sends its own answer.
+fn udp_packet(
+    sock: &Arc<UdpSocket>,
+    shared: &Arc<Shared>,
+    state: &Arc<State>,
+    packet: &[u8],
+    peer: SocketAddr,
+    now: Instant,
+) -> Option<Vec<u8>> {
+    shared.stats.udp_queries.fetch_add(1, Ordering::Relaxed);
+    if shared.upstreams.is_own_socket(peer) {
+        shared.stats.loops.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.forwarding_loop();
+        tracing::error!(%peer, "forwarding loop: an upstream sent our own query back to us; check the upstream list");
+        return None;
+    }
+    if !shared.limiter.allow(peer.ip(), now) {
+        shared.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.rate_limited();
+        return None;
+    }
+    match core::handle(state, &shared.cache, packet, peer.ip(), Transport::Udp, now) {
+        Action::Reply(b) => {
+            shared.count_reply(state, peer);
+            shared.log_query(peer, Transport::Udp, packet, Some(&b), "answered locally");
+            shared.metrics.answered(Transport::Udp, &b);
+            Some(b)
+        }
+        Action::Cached(b, route) => {
+            if let Some(i) = route {
+                shared.metrics.routed(i as usize);
+            }
+            shared.log_query(peer, Transport::Udp, packet, Some(&b), "cache");
+            shared.metrics.answered(Transport::Udp, &b);
+            Some(b)
+        }
+        Action::Drop => {
+            shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.dropped();
+            None
+        }
+        action => {
+            let Ok(permit) = shared.in_flight.try_acquire() else {
+                shared.stats.overload.fetch_add(1, Ordering::Relaxed);
+                return core::upstream_failure(packet, None, Transport::Udp, now);
+            };
+            permit.forget();
+            let packet = packet.to_vec();
+            let state = state.clone();
+            let shared2 = shared.clone();
+            let sock2 = sock.clone();
+            tokio::spawn(async move {
+                let how = if matches!(action, Action::Resolve(..)) {
+                    "routed"
+                } else {
+                    "forwarded"
                 };
-                permit.forget();
-                let packet = packet.to_vec();
-                let state = arc_swap::Guard::into_inner(state);
-                let shared2 = shared.clone();
-                let sock2 = sock.clone();
-                tokio::spawn(async move {
-                    let how = if matches!(action, Action::Resolve(..)) {
-                        "routed"
-                    } else {
-                        "forwarded"
-                    };
-                    let out = shared2.answer_miss(&state, &packet, action, Transport::Udp).await;
-                    shared2.log_query(peer, Transport::Udp, &packet, out.as_deref(), how);
-                    if let Some(b) = out {
-                        shared2.metrics.answered(Transport::Udp, &b);
-                        let _ = sock2.send_to(&b, peer).await;
-                    }
-                    shared2.in_flight.add_permits(1);
-                });
-            }
+                let out = shared2.answer_miss(&state, &packet, action, Transport::Udp).await;
+                shared2.log_query(peer, Transport::Udp, &packet, out.as_deref(), how);
+                if let Some(b) = out {
+                    shared2.metrics.answered(Transport::Udp, &b);
+                    let _ = sock2.send_to(&b, peer).await;
+                }
+                shared2.in_flight.add_permits(1);
+            });
+            None
         }
     }
 }

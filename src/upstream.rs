@@ -61,8 +61,8 @@ type PendingMap = Arc<Mutex<HashMap<PendingKey, Pending, foldhash::fast::RandomS
 struct Slot {
     sock: Arc<UdpSocket>,
     port: u16,
-    /// Tells the reader task this socket was rotated out.
-    retire: tokio::sync::watch::Sender<bool>,
+    /// The reader task, stopped a while after the socket is rotated out.
+    reader: tokio::task::AbortHandle,
 }
 
 /// The UDP sockets of one address family. Each socket is replaced by a new
@@ -149,9 +149,9 @@ impl Upstreams {
         metrics.set_upstreams(servers.clone());
         let pending: PendingMap = Arc::new(Mutex::new(HashMap::default()));
         let stats = Arc::new(UpstreamStats::default());
-        let v4 = Family::bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED), &pending, &stats, per_try).await?;
+        let v4 = Family::bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED), &pending, &stats).await?;
         // IPv6 may be disabled on the host; only needed for v6 upstreams.
-        let v6 = Family::bind(IpAddr::V6(Ipv6Addr::UNSPECIFIED), &pending, &stats, per_try)
+        let v6 = Family::bind(IpAddr::V6(Ipv6Addr::UNSPECIFIED), &pending, &stats)
             .await
             .ok();
         Ok(Upstreams {
@@ -220,10 +220,16 @@ impl Upstreams {
     pub async fn rotate(&self) {
         let i = self.rotate_next.fetch_add(1, Ordering::Relaxed) % POOL;
         for fam in std::iter::once(&self.v4).chain(self.v6.as_ref()) {
-            match fam.new_slot(&self.pending, &self.stats, self.timeout).await {
+            match fam.new_slot(&self.pending, &self.stats).await {
                 Ok(slot) => {
                     let old = fam.slots[i].swap(Arc::new(slot));
-                    let _ = old.retire.send(true);
+                    // Keep reading answers to queries already sent on the old
+                    // socket until they would have timed out.
+                    let linger = self.timeout * 2;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(linger).await;
+                        old.reader.abort();
+                    });
                 }
                 Err(e) => tracing::debug!(error = %e, "could not open a new upstream socket; keeping the old one"),
             }
@@ -421,67 +427,43 @@ impl Upstreams {
 }
 
 impl Family {
-    async fn bind(
-        ip: IpAddr,
-        pending: &PendingMap,
-        stats: &Arc<UpstreamStats>,
-        per_try: Duration,
-    ) -> io::Result<Family> {
+    async fn bind(ip: IpAddr, pending: &PendingMap, stats: &Arc<UpstreamStats>) -> io::Result<Family> {
         let mut fam = Family {
             ip,
             v6: ip.is_ipv6(),
             slots: Vec::with_capacity(POOL),
         };
         for _ in 0..POOL {
-            let slot = fam.new_slot(pending, stats, per_try).await?;
+            let slot = fam.new_slot(pending, stats).await?;
             fam.slots.push(ArcSwap::from_pointee(slot));
         }
         Ok(fam)
     }
 
-    async fn new_slot(&self, pending: &PendingMap, stats: &Arc<UpstreamStats>, per_try: Duration) -> io::Result<Slot> {
+    async fn new_slot(&self, pending: &PendingMap, stats: &Arc<UpstreamStats>) -> io::Result<Slot> {
         let sock = Arc::new(UdpSocket::bind(SocketAddr::new(self.ip, 0)).await?);
         let port = sock.local_addr()?.port();
-        let (retire, retired) = tokio::sync::watch::channel(false);
-        tokio::spawn(read_answers(
+        let reader = tokio::spawn(read_answers(
             sock.clone(),
             (self.v6, port),
             pending.clone(),
             stats.clone(),
-            retired,
-            per_try * 2,
-        ));
-        Ok(Slot { sock, port, retire })
+        ))
+        .abort_handle();
+        Ok(Slot { sock, port, reader })
     }
 }
 
-async fn read_answers(
-    sock: Arc<UdpSocket>,
-    (v6, port): (bool, u16),
-    pending: PendingMap,
-    stats: Arc<UpstreamStats>,
-    mut retired: tokio::sync::watch::Receiver<bool>,
-    linger: Duration,
-) {
+async fn read_answers(sock: Arc<UdpSocket>, (v6, port): (bool, u16), pending: PendingMap, stats: Arc<UpstreamStats>) {
     let mut buf = vec![0u8; MAX_UDP];
-    // Once rotated out, keep reading long enough for answers already asked for.
-    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
-        let recv = sock.recv_from(&mut buf);
-        let (n, from) = tokio::select! {
-            r = recv => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // ICMP errors surface here on some systems; keep reading.
-                    tracing::trace!(error = %e, "upstream socket receive error");
-                    continue;
-                }
-            },
-            _ = retired.changed(), if deadline.is_none() => {
-                deadline = Some(tokio::time::Instant::now() + linger);
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP errors surface here on some systems; keep reading.
+                tracing::trace!(error = %e, "upstream socket receive error");
                 continue;
             }
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => return,
         };
         let resp = &buf[..n];
         let Ok(h) = Header::new(resp) else { continue };
