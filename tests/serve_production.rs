@@ -864,7 +864,7 @@ fn with_the_first_upstream_dead_queries_fail_over_within_one_timeout_and_skip_it
         let w = try_udp(server, &name, A, Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{name} with the first upstream dead: {e}\n{}", proxy.log()));
         let took = t.elapsed();
-        assert_eq!(w.rcode(), NOERROR, "{name}:\n{}", w.dump());
+        assert_eq!(w.rcode(), NOERROR, "{name} (answered after {took:?}):\n{}", w.dump());
         assert_eq!(
             addrs(&w),
             vec![from_b],
@@ -950,7 +950,7 @@ fn servfail_or_refused_from_the_first_upstream_fails_over_to_the_next() {
             assert_eq!(
                 w.rcode(),
                 NOERROR,
-                "{label} from the first upstream, {name}:\n{}",
+                "{label} from the first upstream, {name} (answered after {took:?}):\n{}",
                 w.dump()
             );
             assert_eq!(addrs(&w), vec![ip("192.0.2.102")], "{label}, {name}:\n{}", w.dump());
