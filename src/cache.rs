@@ -78,8 +78,11 @@ pub struct Entry {
     ttl_offsets: Box<[u16]>,
     stored: Instant,
     expires: Instant,
-    /// Answered by a route (dropped when routes change).
+    /// Answered by a route.
     pub routed: bool,
+    /// Fingerprints of every route the answer went through (a chain can
+    /// use several): a reload that changes one of them drops the entry.
+    pub routes: Box<[u64]>,
 }
 
 #[derive(Clone)]
@@ -159,6 +162,11 @@ impl Cache {
     /// Stores a complete answer (never a truncated one, never SERVFAIL).
     /// Returns false when the answer is not cacheable.
     pub fn insert(&self, key: Key, msg: &[u8], routed: bool, now: Instant) -> bool {
+        self.insert_with_routes(key, msg, routed, &[], now)
+    }
+
+    /// Stores a routed answer with the fingerprints of the routes it used.
+    pub fn insert_with_routes(&self, key: Key, msg: &[u8], routed: bool, routes: &[u64], now: Instant) -> bool {
         if self.settings.max_bytes == 0 {
             return false;
         }
@@ -175,6 +183,7 @@ impl Cache {
             stored: now,
             expires: now + Duration::from_secs(ttl as u64),
             routed,
+            routes: routes.into(),
         };
         self.entries.insert(key, Arc::new(entry));
         self.stats.inserts.fetch_add(1, Ordering::Relaxed);

@@ -210,6 +210,7 @@ pub fn handle(
     let target = m.target(q.qname_lower());
     let route = m.route;
     let mut res = Resolution::new(info, route, &state.settings);
+    res.routes_used.push(state.table.fingerprint(route.index));
     match (&route.destination, target) {
         (Destination::Ips(ips), _) => {
             res.answer_with_ips(None, route, ips, &state.settings);
@@ -280,6 +281,8 @@ pub struct Resolution {
     pub upstream_failed: bool,
     /// The index (in the config's list) of the route the question matched.
     pub route_index: usize,
+    /// Fingerprints of every route the answer went through.
+    pub routes_used: Vec<u64>,
 }
 
 impl Resolution {
@@ -297,6 +300,7 @@ impl Resolution {
             failure: None,
             upstream_failed: false,
             route_index: route.index,
+            routes_used: Vec::new(),
         }
     }
 
@@ -331,6 +335,7 @@ impl Resolution {
             }
             self.visited.push(self.tail.clone());
             let route = m.route;
+            self.routes_used.push(table.fingerprint(route.index));
             match (&route.destination, m.target(self.tail.wire())) {
                 (Destination::Ips(ips), _) => {
                     let owner = self.tail.clone();

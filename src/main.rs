@@ -232,9 +232,10 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
     .map_err(ServeError::Io)?;
     runtime.block_on(async move {
+        let signals = Signals::register()?;
         let running = Running::start(o).await?;
         running.watch_config();
-        wait_for_signals(&running).await;
+        wait_for_signals(&running, signals).await;
         tracing::info!("SIGTERM: draining in-flight queries");
         running.drain(Duration::from_secs(5)).await;
         Ok::<(), ServeError>(())
@@ -243,13 +244,26 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// SIGTERM and SIGHUP handlers, registered before anything is bound, so that
+/// a signal sent as soon as the proxy announces itself is never fatal.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// Reloads on SIGHUP; returns on SIGTERM or Ctrl-C.
-async fn wait_for_signals(running: &Running) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
+async fn wait_for_signals(running: &Running, signals: Signals) {
+    let Signals { mut term, mut hup } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => return,

@@ -41,9 +41,24 @@ impl Match<'_> {
     }
 }
 
+/// Identifies a route by what it does (source, destination, resolver, flatten,
+/// TTL), not by its place in the file: equal across reloads when unchanged.
+pub fn fingerprint(r: &Route) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    r.source.hash(&mut h);
+    r.destination.to_string().hash(&mut h);
+    matches!(r.destination, Destination::Wildcard(_)).hash(&mut h);
+    r.resolver.hash(&mut h);
+    r.flatten.hash(&mut h);
+    r.ttl.hash(&mut h);
+    h.finish()
+}
+
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    fingerprints: Vec<u64>,
     exact: HashMap<Box<[u8]>, usize>,
     wildcard: HashMap<Box<[u8]>, usize>,
     /// Labels in the longest wildcard suffix: suffixes longer than this cannot
@@ -65,8 +80,14 @@ impl RouteTable {
                 }
             }
         }
+        t.fingerprints = routes.iter().map(fingerprint).collect();
         t.routes = routes;
         t
+    }
+
+    /// The fingerprint of route `index` (see [`fingerprint`]).
+    pub fn fingerprint(&self, index: usize) -> u64 {
+        self.fingerprints.get(index).copied().unwrap_or(0)
     }
 
     pub fn routes(&self) -> &[Route] {

@@ -189,11 +189,15 @@ pub struct Running {
     pub reloads_failed: AtomicU64,
     /// Unix time of the last successful (re)load.
     pub last_reload_ok: AtomicU64,
+    config_stamp: Option<FileStamp>,
 }
 
 impl Running {
     /// Binds every listener and starts serving.
     pub async fn start(o: Overrides) -> Result<Arc<Running>, ServeError> {
+        // Taken before the file is read, so that a change made while the
+        // proxy starts is seen by the watcher.
+        let config_stamp = o.config.as_deref().and_then(stamp);
         let cfg = effective_config(&o)?;
         for w in &cfg.warnings {
             tracing::warn!("config {}: {} [{}]", w.pos, w.message, w.rule);
@@ -266,6 +270,7 @@ impl Running {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_reload_ok: AtomicU64::new(unix_now()),
+            config_stamp,
         });
         running.shared.upstreams_prober();
         if let Some(l) = metrics_listener {
@@ -313,19 +318,22 @@ impl Running {
         self.shared.upstreams.set_servers(&ups);
         let settings_changed =
             old.settings.cname_ttl != new.settings.cname_ttl || old.settings.flatten != new.settings.flatten;
-        // A routed answer may depend on several routes (a chain a -> b -> c),
-        // so any change to the routes drops every routed answer; names that a
-        // new route now captures drop their forwarded answers too.
-        let routes_changed = old.table.routes().len() != new.table.routes().len()
-            || old
-                .table
-                .routes()
-                .iter()
-                .any(|r| !new.table.routes().iter().any(|n| same_route(Some(r), Some(n))));
-        let drop_routed = settings_changed || routes_changed;
+        // A routed answer may depend on several routes (a chain a -> b -> c):
+        // drop the answers that went through a route that changed or went
+        // away, and the cached answers of names whose route is new.
+        let kept: std::collections::HashSet<u64> = (0..new.table.routes().len())
+            .map(|i| new.table.fingerprint(i))
+            .collect();
+        let changed: std::collections::HashSet<u64> = (0..old.table.routes().len())
+            .map(|i| old.table.fingerprint(i))
+            .filter(|f| !kept.contains(f))
+            .collect();
         self.shared.cache.remove_where(|k, e| {
             let name = cache::key_name(k);
-            (e.routed && drop_routed)
+            // Settings shape every routed answer; an entry stored without
+            // its routes is dropped on any route change.
+            (e.routed && (settings_changed || (e.routes.is_empty() && !changed.is_empty())))
+                || e.routes.iter().any(|f| changed.contains(f))
                 || !same_route(
                     old.table.lookup(name).map(|m| m.route),
                     new.table.lookup(name).map(|m| m.route),
@@ -358,8 +366,8 @@ impl Running {
             return;
         };
         let me = Arc::downgrade(self);
+        let mut last = self.config_stamp;
         tokio::spawn(async move {
-            let mut last = stamp(&path);
             loop {
                 tokio::time::sleep(WATCH_EVERY).await;
                 let now = stamp(&path);
@@ -482,7 +490,9 @@ fn bind_pair(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, tokio::net::Tcp
 const WATCH_EVERY: Duration = Duration::from_millis(250);
 const SETTLE: Duration = Duration::from_millis(100);
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+type FileStamp = (SystemTime, u64, u64);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len(), m.ino()))

@@ -151,14 +151,16 @@ impl Shared {
         leader: bool,
     ) -> Option<Vec<u8>> {
         let out = match res {
-            Some(res) => {
+            Some(mut res) => {
                 self.metrics.routed(res.route_index);
+                let routes_used = std::mem::take(&mut res.routes_used);
                 let (answer, failed) = self.resolve(state, *res).await;
                 if failed {
                     core::upstream_failure(packet, miss.stale.as_deref(), transport, Instant::now())
                 } else {
                     self.open_egress(&answer).await;
-                    self.cache.insert(miss.key.clone(), &answer, true, Instant::now());
+                    self.cache
+                        .insert_with_routes(miss.key.clone(), &answer, true, &routes_used, Instant::now());
                     Some(core::fit(answer, q, transport))
                 }
             }
