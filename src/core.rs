@@ -313,6 +313,17 @@ impl Resolution {
         });
     }
 
+    /// Appends a record from an upstream answer, keeping its TTL.
+    fn push_upstream(&mut self, rec: &Record) {
+        let owner = self.owner_for(&rec.owner);
+        self.answers.push(AnswerRecord {
+            owner,
+            rtype: rec.rtype,
+            ttl: rec.ttl,
+            rdata: rec.rdata.clone(),
+        });
+    }
+
     /// The owner to write for a record at `name`: the question pointer when
     /// it is the question name.
     fn owner_for(&self, name: &Name) -> Option<Name> {
@@ -450,13 +461,7 @@ impl Resolution {
                     self.fail("CNAME loop");
                     return;
                 }
-                let owner = self.owner_for(&rec.owner);
-                self.answers.push(AnswerRecord {
-                    owner,
-                    rtype: rtype::CNAME,
-                    ttl: rec.ttl,
-                    rdata: rec.rdata.clone(),
-                });
+                self.push_upstream(rec);
                 cur = next;
                 chain.push(cur.clone());
             }
@@ -473,13 +478,7 @@ impl Resolution {
                 .iter()
                 .filter(|a| cname_query_hit && a.owner == cur && a.rtype == rtype::CNAME),
         ) {
-            let owner = self.owner_for(&rec.owner);
-            self.answers.push(AnswerRecord {
-                owner,
-                rtype: rec.rtype,
-                ttl: rec.ttl,
-                rdata: rec.rdata.clone(),
-            });
+            self.push_upstream(rec);
         }
         if dnssec {
             // Signatures of the chain's own records travel with them.
@@ -488,13 +487,7 @@ impl Resolution {
                 .iter()
                 .filter(|a| a.rtype == rtype::RRSIG && chain.contains(&a.owner))
             {
-                let owner = self.owner_for(&rec.owner);
-                self.answers.push(AnswerRecord {
-                    owner,
-                    rtype: rec.rtype,
-                    ttl: rec.ttl,
-                    rdata: rec.rdata.clone(),
-                });
+                self.push_upstream(rec);
             }
         }
         if !finals.is_empty() || cname_query_hit {
