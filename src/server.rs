@@ -20,7 +20,7 @@ use crate::cache::{Cache, Lookup};
 use crate::core::{self, Action, Miss, Resolution, State, Transport};
 use crate::ratelimit::RateLimiter;
 use crate::telemetry::Metrics;
-use crate::upstream::Upstreams;
+use crate::upstream::{DirectDone, DirectReply, Upstreams};
 use crate::wire::Query;
 
 /// Queries in flight upstream at once; beyond this, new misses get SERVFAIL
@@ -134,9 +134,12 @@ impl Shared {
             if let Lookup::Fresh(e) = self.cache.lookup(&miss.key, Instant::now()) {
                 return Some(core::fit(e.serve(&q, Instant::now(), false), &q, transport));
             }
-            return self.ask_upstream(state, packet, &q, miss, res, transport, false).await;
+            return self
+                .ask_upstream(state, packet, &q, miss, res, transport, false, None)
+                .await;
         }
-        self.ask_upstream(state, packet, &q, miss, res, transport, true).await
+        self.ask_upstream(state, packet, &q, miss, res, transport, true, None)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -149,6 +152,7 @@ impl Shared {
         res: Option<Box<Resolution>>,
         transport: Transport,
         leader: bool,
+        skip: Option<SocketAddr>,
     ) -> Option<Vec<u8>> {
         let out = match res {
             Some(mut res) => {
@@ -164,20 +168,8 @@ impl Shared {
                     Some(core::fit(answer, q, transport))
                 }
             }
-            None => match self.upstreams.query(packet, None).await {
-                // Every upstream failed with SERVFAIL or REFUSED: serve stale
-                // when there is something to serve (RFC 8767).
-                Ok(resp) if miss.stale.is_some() && is_failure(&resp) => {
-                    core::upstream_failure(packet, miss.stale.as_deref(), transport, Instant::now())
-                }
-                Ok(resp) => {
-                    // Cache the full answer before it is fitted to this client.
-                    let full = core::finish_forward(packet, resp, Transport::Tcp);
-                    if let Some(full) = &full {
-                        self.cache.insert(miss.key.clone(), full, false, Instant::now());
-                    }
-                    full.map(|f| core::fit(f, q, transport))
-                }
+            None => match self.upstreams.query_skip(packet, None, skip).await {
+                Ok(resp) => self.complete_forward(packet, q, &miss, resp, transport),
                 Err(e) => {
                     tracing::debug!(error = %e, "forwarding failed");
                     core::upstream_failure(packet, miss.stale.as_deref(), transport, Instant::now())
@@ -191,6 +183,108 @@ impl Shared {
             self.cache.stats.stale_served.fetch_add(1, Ordering::Relaxed);
         }
         out
+    }
+
+    /// The client's answer from an upstream's answer to a forwarded query:
+    /// cached whole, then fitted to the client. When every upstream failed
+    /// with SERVFAIL or REFUSED, a stale answer stands in if there is one
+    /// (RFC 8767).
+    fn complete_forward(
+        &self,
+        packet: &[u8],
+        q: &Query<'_>,
+        miss: &Miss,
+        resp: Vec<u8>,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let now = Instant::now();
+        if miss.stale.is_some() && is_failure(&resp) {
+            return core::upstream_failure(packet, miss.stale.as_deref(), transport, now);
+        }
+        let full = core::finish_forward(packet, resp, Transport::Tcp)?;
+        self.cache.insert(miss.key.clone(), &full, false, now);
+        Some(core::fit(full, q, transport))
+    }
+
+    /// Forwards a plain UDP miss without a task of its own: the upstream
+    /// socket's reader completes it. Falls back to a task (which skips the
+    /// upstream that failed) on timeout, SERVFAIL/REFUSED with another
+    /// upstream left, or a truncated answer.
+    fn forward_direct(
+        self: &Arc<Self>,
+        sock: &Arc<UdpSocket>,
+        state: &Arc<State>,
+        packet: &[u8],
+        peer: SocketAddr,
+        miss: Miss,
+    ) -> Result<(), Miss> {
+        let Some(server) = self.upstreams.first_server() else {
+            return Err(miss);
+        };
+        let shared = self.clone();
+        let sock2 = sock.clone();
+        let state = state.clone();
+        let pkt = packet.to_vec();
+        let (key, stale) = (miss.key.clone(), miss.stale.clone());
+        let done: DirectDone = Box::new(move |reply, took| {
+            let packet = pkt;
+            let miss = Miss { key, stale };
+            let answer = match reply {
+                DirectReply::Answer(resp) => Some(resp),
+                DirectReply::Timeout => None,
+            };
+            shared.upstreams.record_direct(server, took, answer.as_deref());
+            let more_upstreams = shared.upstreams.servers().len() > 1;
+            let skip = match &answer {
+                Some(resp) if crate::wire::Header(resp).tc() => None,
+                Some(resp) if is_failure(resp) && more_upstreams => Some(server),
+                Some(_) => {
+                    // The common case: answer the client from here.
+                    let resp = answer.unwrap_or_default();
+                    let out = Query::parse(&packet)
+                        .ok()
+                        .and_then(|q| shared.complete_forward(&packet, &q, &miss, resp, Transport::Udp));
+                    shared.cache.done(&miss.key);
+                    shared.finish_udp(&sock2, peer, &packet, out, "forwarded");
+                    return;
+                }
+                None => Some(server),
+            };
+            tokio::spawn(async move {
+                let out = match Query::parse(&packet) {
+                    Ok(q) => {
+                        shared
+                            .ask_upstream(&state, &packet, &q, miss, None, Transport::Udp, true, skip)
+                            .await
+                    }
+                    Err(_) => {
+                        shared.cache.done(&miss.key);
+                        None
+                    }
+                };
+                shared.finish_udp(&sock2, peer, &packet, out, "forwarded");
+            });
+        });
+        match self.upstreams.send_direct(packet, server, done) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(miss),
+        }
+    }
+
+    /// Sends a UDP answer produced off the listener's loop, and releases the
+    /// query's in-flight slot.
+    fn finish_udp(&self, sock: &Arc<UdpSocket>, peer: SocketAddr, packet: &[u8], out: Option<Vec<u8>>, how: &str) {
+        self.log_query(peer, Transport::Udp, packet, out.as_deref(), how);
+        if let Some(b) = out {
+            self.metrics.answered(Transport::Udp, &b);
+            if sock.try_send_to(&b, peer).is_err() {
+                let sock = sock.clone();
+                tokio::spawn(async move {
+                    let _ = sock.send_to(&b, peer).await;
+                });
+            }
+        }
+        self.in_flight.add_permits(1);
     }
 
     /// Puts the addresses of a routed answer into the egress set and waits
@@ -393,6 +487,21 @@ fn udp_packet(
                 return core::upstream_failure(packet, None, Transport::Udp, now);
             };
             permit.forget();
+            // A plain forwarded miss that no identical query is already
+            // waiting for goes out at once, completed by the upstream reader.
+            let action = match action {
+                Action::Forward(miss) if shared.cache.join(&miss.key).is_none() => {
+                    match shared.forward_direct(sock, state, packet, peer, miss) {
+                        Ok(()) => return None,
+                        Err(miss) => {
+                            // Could not send now: the task below leads instead.
+                            shared.cache.done(&miss.key);
+                            Action::Forward(miss)
+                        }
+                    }
+                }
+                other => other,
+            };
             let packet = packet.to_vec();
             let state = state.clone();
             let shared2 = shared.clone();
@@ -404,12 +513,7 @@ fn udp_packet(
                     "forwarded"
                 };
                 let out = shared2.answer_miss(&state, &packet, action, Transport::Udp).await;
-                shared2.log_query(peer, Transport::Udp, &packet, out.as_deref(), how);
-                if let Some(b) = out {
-                    shared2.metrics.answered(Transport::Udp, &b);
-                    let _ = sock2.send_to(&b, peer).await;
-                }
-                shared2.in_flight.add_permits(1);
+                shared2.finish_udp(&sock2, peer, &packet, out, how);
             });
             None
         }

@@ -20,7 +20,7 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::oneshot;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 
 use crate::wire::{self, Header, Query, rcode};
 
@@ -50,8 +50,33 @@ struct Pending {
     qname_lower: Vec<u8>,
     qtype: u16,
     qclass: u16,
-    tx: oneshot::Sender<Vec<u8>>,
+    waiter: Waiter,
 }
+
+/// Who gets the answer to a pending query.
+enum Waiter {
+    /// A task awaiting it.
+    Task(oneshot::Sender<Vec<u8>>),
+    /// A callback run by the socket's reader (or by the timeout sweep), so
+    /// that a plain forwarded miss needs no task, channel or timer of its own.
+    Direct {
+        done: DirectDone,
+        sent: Instant,
+        deadline: Instant,
+    },
+}
+
+/// The outcome of a direct query.
+pub enum DirectReply {
+    Answer(Vec<u8>),
+    Timeout,
+}
+
+/// Runs once with the outcome and the time the attempt took.
+pub type DirectDone = Box<dyn FnOnce(DirectReply, Duration) + Send>;
+
+/// How often the pending table is swept for direct queries that timed out.
+const SWEEP_EVERY: Duration = Duration::from_millis(25);
 
 /// Pending queries by (family is v6, local port, query ID).
 type PendingKey = (bool, u16, u16);
@@ -149,6 +174,7 @@ impl Upstreams {
         metrics.set_upstreams(servers.clone());
         let pending: PendingMap = Arc::new(Mutex::new(HashMap::default()));
         let stats = Arc::new(UpstreamStats::default());
+        tokio::spawn(sweep_direct(Arc::downgrade(&pending), stats.clone()));
         let v4 = Family::bind(IpAddr::V4(Ipv4Addr::UNSPECIFIED), &pending, &stats).await?;
         // IPv6 may be disabled on the host; only needed for v6 upstreams.
         let v6 = Family::bind(IpAddr::V6(Ipv6Addr::UNSPECIFIED), &pending, &stats)
@@ -272,6 +298,17 @@ impl Upstreams {
     /// returns the first usable answer. SERVFAIL and REFUSED answers move on to
     /// the next server but are returned if nothing better comes.
     pub async fn query(&self, msg: &[u8], servers: Option<&[SocketAddr]>) -> Result<Vec<u8>, UpstreamError> {
+        self.query_skip(msg, servers, None).await
+    }
+
+    /// [`Upstreams::query`], leaving out `skip` (an upstream that has just
+    /// failed this very query).
+    pub async fn query_skip(
+        &self,
+        msg: &[u8],
+        servers: Option<&[SocketAddr]>,
+        skip: Option<SocketAddr>,
+    ) -> Result<Vec<u8>, UpstreamError> {
         let configured = self.servers.load();
         let order: Vec<(SocketAddr, Option<&Arc<Health>>)> = match servers {
             Some(list) => list.iter().map(|a| (*a, None)).collect(),
@@ -280,6 +317,7 @@ impl Upstreams {
                 .iter()
                 .filter(|h| !h.is_down())
                 .chain(configured.iter().filter(|h| h.is_down()))
+                .filter(|h| Some(h.addr) != skip)
                 .map(|h| (h.addr, Some(h)))
                 .collect(),
         };
@@ -317,6 +355,94 @@ impl Upstreams {
             (Some(resp), _) => Ok(resp),
             (None, Some(e)) => Err(UpstreamError::AllFailed(Box::new(e))),
             (None, None) => Err(UpstreamError::NoUpstreams),
+        }
+    }
+
+    /// The upstream a new query goes to first: the first healthy one in
+    /// configured order.
+    pub fn first_server(&self) -> Option<SocketAddr> {
+        let servers = self.servers.load();
+        servers
+            .iter()
+            .find(|h| !h.is_down())
+            .or(servers.first())
+            .map(|h| h.addr)
+    }
+
+    /// Sends `msg` to `server` over UDP without waiting: `done` runs with the
+    /// answer (already checked against ID, source and question) or with
+    /// [`DirectReply::Timeout`] after the per-attempt timeout. Gives `done`
+    /// back when the query could not be sent at once.
+    pub fn send_direct(&self, msg: &[u8], server: SocketAddr, done: DirectDone) -> Result<(), DirectDone> {
+        let Ok(q) = Query::parse(msg) else { return Err(done) };
+        let fam = match (server, &self.v6) {
+            (SocketAddr::V4(_), _) => &self.v4,
+            (SocketAddr::V6(_), Some(f)) => f,
+            (SocketAddr::V6(_), None) => return Err(done),
+        };
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % fam.slots.len();
+        let slot = fam.slots[i].load_full();
+        let mut out = msg.to_vec();
+        let now = Instant::now();
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut id: u16 = rand::random();
+            let mut tries = 0;
+            while p.contains_key(&(fam.v6, slot.port, id)) && tries < 64 {
+                id = rand::random();
+                tries += 1;
+            }
+            let key = (fam.v6, slot.port, id);
+            wire::set_id(&mut out, id);
+            // Sent under the lock: the answer cannot be read before the entry exists.
+            if slot.sock.try_send_to(&out, server).is_err() {
+                return Err(done);
+            }
+            p.insert(
+                key,
+                Pending {
+                    server,
+                    qname_lower: q.qname_lower().to_vec(),
+                    qtype: q.qtype,
+                    qclass: q.qclass,
+                    waiter: Waiter::Direct {
+                        done,
+                        sent: now,
+                        deadline: now + self.timeout,
+                    },
+                },
+            );
+        }
+        self.stats.queries.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Health and metrics for an attempt made with [`Upstreams::send_direct`]:
+    /// `answer` is None when it timed out.
+    pub fn record_direct(&self, server: SocketAddr, took: Duration, answer: Option<&[u8]>) {
+        if let Some(h) = self.servers.load().iter().find(|h| h.addr == server) {
+            match answer {
+                Some(_) => h.success(),
+                None => h.failure(),
+            }
+        }
+        let Some(idx) = self.metrics.upstream_index(server) else {
+            return;
+        };
+        use crate::telemetry::FailReason;
+        let reason = match answer {
+            Some(resp) => {
+                self.metrics.upstream_latency(idx, took);
+                match Header::new(resp).map(|h| h.rcode()).unwrap_or(0) {
+                    rcode::SERVFAIL => Some(FailReason::Servfail),
+                    rcode::REFUSED => Some(FailReason::Refused),
+                    _ => None,
+                }
+            }
+            None => Some(FailReason::Timeout),
+        };
+        if let Some(r) = reason {
+            self.metrics.upstream_failure(idx, r);
         }
     }
 
@@ -400,7 +526,7 @@ impl Upstreams {
                     qname_lower: qname.to_vec(),
                     qtype,
                     qclass,
-                    tx,
+                    waiter: Waiter::Task(tx),
                 },
             );
             id
@@ -478,8 +604,42 @@ async fn read_answers(sock: Arc<UdpSocket>, (v6, port): (bool, u16), pending: Pe
             tracing::debug!(%from, "dropped an upstream answer that matches no query");
             continue;
         }
-        if let Some(w) = p.remove(&key) {
-            let _ = w.tx.send(resp.to_vec());
+        let Some(w) = p.remove(&key) else { continue };
+        drop(p);
+        match w.waiter {
+            Waiter::Task(tx) => {
+                let _ = tx.send(resp.to_vec());
+            }
+            Waiter::Direct { done, sent, .. } => done(DirectReply::Answer(resp.to_vec()), sent.elapsed()),
+        }
+    }
+}
+
+/// Ends direct queries whose time is up, until the pending table is gone.
+async fn sweep_direct(
+    pending: std::sync::Weak<Mutex<HashMap<PendingKey, Pending, foldhash::fast::RandomState>>>,
+    stats: Arc<UpstreamStats>,
+) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pending) = pending.upgrade() else { return };
+        let now = Instant::now();
+        let expired: Vec<Pending> = {
+            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<PendingKey> = p
+                .iter()
+                .filter(|(_, w)| matches!(w.waiter, Waiter::Direct { deadline, .. } if deadline <= now))
+                .map(|(k, _)| *k)
+                .collect();
+            keys.iter().filter_map(|k| p.remove(k)).collect()
+        };
+        for w in expired {
+            stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            if let Waiter::Direct { done, sent, .. } = w.waiter {
+                done(DirectReply::Timeout, sent.elapsed());
+            }
         }
     }
 }
