@@ -20,7 +20,7 @@ use crate::cache::{Cache, Lookup};
 use crate::core::{self, Action, Miss, Resolution, State, Transport};
 use crate::ratelimit::RateLimiter;
 use crate::telemetry::Metrics;
-use crate::upstream::{DirectDone, DirectReply, Upstreams};
+use crate::upstream::{DirectBatch, DirectDone, DirectReply, Upstreams};
 use crate::wire::Query;
 
 /// Queries in flight upstream at once; beyond this, new misses get SERVFAIL
@@ -217,6 +217,7 @@ impl Shared {
         packet: &[u8],
         peer: SocketAddr,
         miss: Miss,
+        batch: &mut DirectBatch,
     ) -> Result<(), Miss> {
         let Some(server) = self.upstreams.first_server() else {
             return Err(miss);
@@ -265,7 +266,7 @@ impl Shared {
                 shared.finish_udp(&sock2, peer, &packet, out, "forwarded");
             });
         });
-        match self.upstreams.send_direct(packet, server, done) {
+        match self.upstreams.send_direct(packet, server, done, batch) {
             Ok(()) => Ok(()),
             Err(_) => Err(miss),
         }
@@ -410,6 +411,7 @@ fn prepare(s: &Socket, addr: SocketAddr) -> io::Result<()> {
 pub async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
     let mut batch = RecvBatch::new();
     let mut replies = SendBatch::default();
+    let mut upstream_out = DirectBatch::default();
     loop {
         let n = match batch.recv(&sock).await {
             Ok(n) => n,
@@ -429,9 +431,12 @@ pub async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
                 shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            if let Some(b) = udp_packet(&sock, &shared, &state, packet, peer, now) {
+            if let Some(b) = udp_packet(&sock, &shared, &state, packet, peer, now, &mut upstream_out) {
                 replies.push(b, peer);
             }
+        }
+        if !upstream_out.is_empty() {
+            upstream_out.flush().await;
         }
         if !replies.is_empty() {
             replies.flush(&sock).await;
@@ -448,6 +453,7 @@ fn udp_packet(
     packet: &[u8],
     peer: SocketAddr,
     now: Instant,
+    upstream_out: &mut DirectBatch,
 ) -> Option<Vec<u8>> {
     shared.stats.udp_queries.fetch_add(1, Ordering::Relaxed);
     if shared.upstreams.is_own_socket(peer) {
@@ -491,7 +497,7 @@ fn udp_packet(
             // waiting for goes out at once, completed by the upstream reader.
             let action = match action {
                 Action::Forward(miss) if shared.cache.join(&miss.key).is_none() => {
-                    match shared.forward_direct(sock, state, packet, peer, miss) {
+                    match shared.forward_direct(sock, state, packet, peer, miss, upstream_out) {
                         Ok(()) => return None,
                         Err(miss) => {
                             // Could not send now: the task below leads instead.

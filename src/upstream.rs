@@ -22,6 +22,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout};
 
+use crate::batch::SendBatch;
 use crate::wire::{self, Header, Query, rcode};
 
 /// UDP sockets per address family.
@@ -74,6 +75,35 @@ pub enum DirectReply {
 
 /// Runs once with the outcome and the time the attempt took.
 pub type DirectDone = Box<dyn FnOnce(DirectReply, Duration) + Send>;
+
+/// Direct queries waiting to be sent: one socket of the pool per address
+/// family, and the messages for it. A query whose send fails is answered by
+/// the timeout sweep (and retried through another upstream).
+#[derive(Default)]
+pub struct DirectBatch {
+    families: [Option<(Arc<Slot>, SendBatch)>; 2],
+}
+
+impl DirectBatch {
+    pub fn is_empty(&self) -> bool {
+        self.families
+            .iter()
+            .all(|f| f.as_ref().is_none_or(|(_, b)| b.is_empty()))
+    }
+
+    /// Sends everything queued.
+    pub async fn flush(&mut self) {
+        for fam in self.families.iter_mut() {
+            if let Some((slot, out)) = fam.take() {
+                out_flush(slot, out).await;
+            }
+        }
+    }
+}
+
+async fn out_flush(slot: Arc<Slot>, mut out: SendBatch) {
+    out.flush(&slot.sock).await;
+}
 
 /// How often the pending table is swept for direct queries that timed out.
 const SWEEP_EVERY: Duration = Duration::from_millis(25);
@@ -369,20 +399,30 @@ impl Upstreams {
             .map(|h| h.addr)
     }
 
-    /// Sends `msg` to `server` over UDP without waiting: `done` runs with the
-    /// answer (already checked against ID, source and question) or with
-    /// [`DirectReply::Timeout`] after the per-attempt timeout. Gives `done`
-    /// back when the query could not be sent at once.
-    pub fn send_direct(&self, msg: &[u8], server: SocketAddr, done: DirectDone) -> Result<(), DirectDone> {
+    /// Queues `msg` for `server` in `batch` without waiting: `done` runs
+    /// with the answer (already checked against ID, source and question) or
+    /// with [`DirectReply::Timeout`] after the per-attempt timeout. The
+    /// queries leave when the batch is flushed, in one system call per
+    /// address family, so the upstream wakes once per batch rather than once
+    /// per query. Gives `done` back when the query cannot be queued.
+    pub fn send_direct(
+        &self,
+        msg: &[u8],
+        server: SocketAddr,
+        done: DirectDone,
+        batch: &mut DirectBatch,
+    ) -> Result<(), DirectDone> {
         let Ok(q) = Query::parse(msg) else { return Err(done) };
-        let fam = match (server, &self.v6) {
-            (SocketAddr::V4(_), _) => &self.v4,
-            (SocketAddr::V6(_), Some(f)) => f,
+        let (fam, which) = match (server, &self.v6) {
+            (SocketAddr::V4(_), _) => (&self.v4, 0),
+            (SocketAddr::V6(_), Some(f)) => (f, 1),
             (SocketAddr::V6(_), None) => return Err(done),
         };
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % fam.slots.len();
-        let slot = fam.slots[i].load_full();
-        let mut out = msg.to_vec();
+        let (slot, out) = batch.families[which].get_or_insert_with(|| {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % fam.slots.len();
+            (fam.slots[i].load_full(), SendBatch::default())
+        });
+        let mut msg = msg.to_vec();
         let now = Instant::now();
         {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -392,14 +432,9 @@ impl Upstreams {
                 id = rand::random();
                 tries += 1;
             }
-            let key = (fam.v6, slot.port, id);
-            wire::set_id(&mut out, id);
-            // Sent under the lock: the answer cannot be read before the entry exists.
-            if slot.sock.try_send_to(&out, server).is_err() {
-                return Err(done);
-            }
+            wire::set_id(&mut msg, id);
             p.insert(
-                key,
+                (fam.v6, slot.port, id),
                 Pending {
                     server,
                     qname_lower: q.qname_lower().to_vec(),
@@ -413,6 +448,7 @@ impl Upstreams {
                 },
             );
         }
+        out.push(msg, server);
         self.stats.queries.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
