@@ -450,9 +450,17 @@ impl telemetry::Status for ServeStatus {
 
     fn extra_metrics(&self) -> Vec<telemetry::Extra> {
         let Some(r) = self.0.upgrade() else { return Vec::new() };
-        let Some(eg) = &r.shared.egress else { return Vec::new() };
+        let overloaded = telemetry::Extra::counter(
+            "dnsbridge_overloaded_total",
+            "Cache misses answered SERVFAIL at once because too many queries were in flight upstream.",
+            r.shared.overloaded.load(Ordering::Relaxed) as f64,
+        );
+        let Some(eg) = &r.shared.egress else {
+            return vec![overloaded];
+        };
         let st = eg.stats();
         vec![
+            overloaded,
             telemetry::Extra::counter(
                 "dnsbridge_egress_entries_expired_total",
                 "Egress set entries that reached their timeout without being renewed.",

@@ -33,24 +33,13 @@ const EGRESS_WAIT: Duration = Duration::from_millis(250);
 /// A TCP connection with no complete query for this long is closed.
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    pub udp_queries: AtomicU64,
-    pub tcp_queries: AtomicU64,
-    pub refused: AtomicU64,
-    pub dropped: AtomicU64,
-    pub loops: AtomicU64,
-    pub overload: AtomicU64,
-    pub rate_limited: AtomicU64,
-    pub tcp_connections: AtomicU64,
-}
-
 /// Everything the listener tasks share.
 pub struct Shared {
     pub state: ArcSwap<State>,
     pub upstreams: Upstreams,
     pub cache: Cache,
-    pub stats: ServerStats,
+    /// Misses answered SERVFAIL at once because too many were in flight.
+    pub overloaded: AtomicU64,
     pub limiter: RateLimiter,
     in_flight: Semaphore,
     /// Set on SIGTERM: listeners stop taking new queries.
@@ -75,7 +64,7 @@ impl Shared {
             state: ArcSwap::from_pointee(state),
             upstreams,
             cache,
-            stats: ServerStats::default(),
+            overloaded: AtomicU64::new(0),
             limiter,
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
             draining: AtomicBool::new(false),
@@ -332,7 +321,6 @@ impl Shared {
                 Some(b)
             }
             Action::Drop => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 self.metrics.dropped();
                 None
             }
@@ -362,7 +350,6 @@ impl Shared {
 
     fn count_reply(&self, state: &State, peer: SocketAddr) {
         if !state.allowed(peer.ip()) {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
             self.metrics.refused();
         }
     }
@@ -428,7 +415,6 @@ pub async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
         let state = shared.state.load_full();
         for i in 0..n {
             let Some((packet, peer)) = batch.get(i) else {
-                shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             if let Some(b) = udp_packet(&sock, &shared, &state, packet, peer, now, &mut upstream_out) {
@@ -455,15 +441,12 @@ fn udp_packet(
     now: Instant,
     upstream_out: &mut DirectBatch,
 ) -> Option<Vec<u8>> {
-    shared.stats.udp_queries.fetch_add(1, Ordering::Relaxed);
     if shared.upstreams.is_own_socket(peer) {
-        shared.stats.loops.fetch_add(1, Ordering::Relaxed);
         shared.metrics.forwarding_loop();
         tracing::error!(%peer, "forwarding loop: an upstream sent our own query back to us; check the upstream list");
         return None;
     }
     if !shared.limiter.allow(peer.ip(), now) {
-        shared.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
         shared.metrics.rate_limited();
         return None;
     }
@@ -483,13 +466,12 @@ fn udp_packet(
             Some(b)
         }
         Action::Drop => {
-            shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
             shared.metrics.dropped();
             None
         }
         action => {
             let Ok(permit) = shared.in_flight.try_acquire() else {
-                shared.stats.overload.fetch_add(1, Ordering::Relaxed);
+                shared.overloaded.fetch_add(1, Ordering::Relaxed);
                 return core::upstream_failure(packet, None, Transport::Udp, now);
             };
             permit.forget();
@@ -549,10 +531,8 @@ pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            shared.stats.tcp_connections.fetch_add(1, Ordering::Relaxed);
             let _guard = shared.metrics.tcp_connection();
             let _ = serve_connection(stream, peer, shared.clone()).await;
-            shared.stats.tcp_connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
     }
@@ -587,14 +567,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         if shared.draining.load(Ordering::Relaxed) {
             break;
         }
-        shared.stats.tcp_queries.fetch_add(1, Ordering::Relaxed);
         if !shared.limiter.allow(peer.ip(), Instant::now()) {
-            shared.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             shared.metrics.rate_limited();
             continue;
         }
         let Ok(permit) = shared.in_flight.try_acquire() else {
-            shared.stats.overload.fetch_add(1, Ordering::Relaxed);
+            shared.overloaded.fetch_add(1, Ordering::Relaxed);
             continue;
         };
         permit.forget();

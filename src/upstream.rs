@@ -76,6 +76,15 @@ pub enum DirectReply {
 /// Runs once with the outcome and the time the attempt took.
 pub type DirectDone = Box<dyn FnOnce(DirectReply, Duration) + Send>;
 
+/// SERVFAIL and REFUSED answers count as failures of the upstream.
+fn answer_failure(resp: &[u8]) -> Option<crate::telemetry::FailReason> {
+    match Header::new(resp).map(|h| h.rcode()).unwrap_or(0) {
+        rcode::SERVFAIL => Some(crate::telemetry::FailReason::Servfail),
+        rcode::REFUSED => Some(crate::telemetry::FailReason::Refused),
+        _ => None,
+    }
+}
+
 /// Direct queries waiting to be sent: one socket of the pool per address
 /// family, and the messages for it. A query whose send fails is answered by
 /// the timeout sweep (and retried through another upstream).
@@ -94,15 +103,11 @@ impl DirectBatch {
     /// Sends everything queued.
     pub async fn flush(&mut self) {
         for fam in self.families.iter_mut() {
-            if let Some((slot, out)) = fam.take() {
-                out_flush(slot, out).await;
+            if let Some((slot, mut out)) = fam.take() {
+                out.flush(&slot.sock).await;
             }
         }
     }
-}
-
-async fn out_flush(slot: Arc<Slot>, mut out: SendBatch) {
-    out.flush(&slot.sock).await;
 }
 
 /// How often the pending table is swept for direct queries that timed out.
@@ -462,46 +467,34 @@ impl Upstreams {
                 None => h.failure(),
             }
         }
-        let Some(idx) = self.metrics.upstream_index(server) else {
-            return;
+        let failure = match answer {
+            Some(resp) => answer_failure(resp),
+            None => Some(crate::telemetry::FailReason::Timeout),
         };
-        use crate::telemetry::FailReason;
-        let reason = match answer {
-            Some(resp) => {
-                self.metrics.upstream_latency(idx, took);
-                match Header::new(resp).map(|h| h.rcode()).unwrap_or(0) {
-                    rcode::SERVFAIL => Some(FailReason::Servfail),
-                    rcode::REFUSED => Some(FailReason::Refused),
-                    _ => None,
-                }
-            }
-            None => Some(FailReason::Timeout),
-        };
-        if let Some(r) = reason {
-            self.metrics.upstream_failure(idx, r);
-        }
+        self.count(server, took, answer.is_some(), failure);
     }
 
     /// Latency and failure metrics for one attempt.
     fn observe(&self, server: SocketAddr, took: Duration, result: &Result<Vec<u8>, UpstreamError>) {
         use crate::telemetry::FailReason;
-        let Some(idx) = self.metrics.upstream_index(server) else {
-            return;
-        };
-        let reason = match result {
-            Ok(resp) => {
-                self.metrics.upstream_latency(idx, took);
-                match Header(resp).rcode() {
-                    rcode::SERVFAIL => Some(FailReason::Servfail),
-                    rcode::REFUSED => Some(FailReason::Refused),
-                    _ => None,
-                }
-            }
+        let failure = match result {
+            Ok(resp) => answer_failure(resp),
             Err(UpstreamError::Timeout(_)) => Some(FailReason::Timeout),
             Err(UpstreamError::Mismatch(_)) => Some(FailReason::Mismatch),
             Err(_) => Some(FailReason::Io),
         };
-        if let Some(r) = reason {
+        self.count(server, took, result.is_ok(), failure);
+    }
+
+    /// Latency of an answered attempt, and the reason of a failed one.
+    fn count(&self, server: SocketAddr, took: Duration, answered: bool, failure: Option<crate::telemetry::FailReason>) {
+        let Some(idx) = self.metrics.upstream_index(server) else {
+            return;
+        };
+        if answered {
+            self.metrics.upstream_latency(idx, took);
+        }
+        if let Some(r) = failure {
             self.metrics.upstream_failure(idx, r);
         }
     }
