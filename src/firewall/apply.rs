@@ -243,13 +243,7 @@ pub fn apply(plan: &Plan, runner: &dyn Runner) -> Result<Report, FirewallError> 
             }
         }
         for spec in stale {
-            let mut args = vec!["-w".to_string(), "-D".to_string(), chain.to_string()];
-            args.extend(spec.iter().cloned());
-            let argv = ipt_argv(family, args);
-            let line = shell_line(&argv);
-            exec_ok(runner, argv)?;
-            report.removed += 1;
-            report.lines.push(format!("- {line}"));
+            delete_rule(runner, family, chain, spec, &mut report)?;
         }
         for (j, rule) in want.iter().enumerate() {
             if matched[j] {
@@ -278,6 +272,24 @@ pub fn apply(plan: &Plan, runner: &dyn Runner) -> Result<Report, FirewallError> 
     Ok(report)
 }
 
+/// Deletes one rule, given as `iptables -S` prints it, and reports it.
+fn delete_rule(
+    runner: &dyn Runner,
+    family: Family,
+    chain: &str,
+    spec: &[String],
+    report: &mut Report,
+) -> Result<(), FirewallError> {
+    let mut args = vec!["-w".to_string(), "-D".to_string(), chain.to_string()];
+    args.extend(spec.iter().cloned());
+    let argv = ipt_argv(family, args);
+    let line = shell_line(&argv);
+    exec_ok(runner, argv)?;
+    report.removed += 1;
+    report.lines.push(format!("- {line}"));
+    Ok(())
+}
+
 /// Takes out every rule tagged `dnsbridge` in the filter table of `family`
 /// and, when our rules were all that `CNI-ADMIN` held and nothing jumps to
 /// it, the chain itself (it was ours). The sets stay: a running `serve`
@@ -287,13 +299,7 @@ pub fn remove(runner: &dyn Runner, family: Family) -> Result<Report, FirewallErr
     let table = list(runner, family)?;
     let mut ours_in_admin = 0;
     for (chain, spec) in table.rules.iter().filter(|(_, s)| is_ours(s)) {
-        let mut args = vec!["-w".to_string(), "-D".to_string(), chain.clone()];
-        args.extend(spec.iter().cloned());
-        let argv = ipt_argv(family, args);
-        let line = shell_line(&argv);
-        exec_ok(runner, argv)?;
-        report.removed += 1;
-        report.lines.push(format!("- {line}"));
+        delete_rule(runner, family, chain, spec, &mut report)?;
         if chain == ADMIN_CHAIN {
             ours_in_admin += 1;
         }
