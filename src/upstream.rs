@@ -418,41 +418,20 @@ impl Upstreams {
         batch: &mut DirectBatch,
     ) -> Result<(), DirectDone> {
         let Ok(q) = Query::parse(msg) else { return Err(done) };
-        let (fam, which) = match (server, &self.v6) {
-            (SocketAddr::V4(_), _) => (&self.v4, 0),
-            (SocketAddr::V6(_), Some(f)) => (f, 1),
-            (SocketAddr::V6(_), None) => return Err(done),
+        let Some(fam) = self.family(server) else {
+            return Err(done);
         };
-        let (slot, out) = batch.families[which].get_or_insert_with(|| {
-            let i = self.next.fetch_add(1, Ordering::Relaxed) % fam.slots.len();
-            (fam.slots[i].load_full(), SendBatch::default())
-        });
-        let mut msg = msg.to_vec();
+        let (slot, out) =
+            batch.families[usize::from(fam.v6)].get_or_insert_with(|| (self.pick_slot(fam), SendBatch::default()));
         let now = Instant::now();
-        {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let mut id: u16 = rand::random();
-            let mut tries = 0;
-            while p.contains_key(&(fam.v6, slot.port, id)) && tries < 64 {
-                id = rand::random();
-                tries += 1;
-            }
-            wire::set_id(&mut msg, id);
-            p.insert(
-                (fam.v6, slot.port, id),
-                Pending {
-                    server,
-                    qname_lower: q.qname_lower().to_vec(),
-                    qtype: q.qtype,
-                    qclass: q.qclass,
-                    waiter: Waiter::Direct {
-                        done,
-                        sent: now,
-                        deadline: now + self.timeout,
-                    },
-                },
-            );
-        }
+        let waiter = Waiter::Direct {
+            done,
+            sent: now,
+            deadline: now + self.timeout,
+        };
+        let id = self.register(fam, slot, server, &q, waiter);
+        let mut msg = msg.to_vec();
+        wire::set_id(&mut msg, id);
         out.push(msg, server);
         self.stats.queries.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -502,9 +481,8 @@ impl Upstreams {
     /// One server: UDP, then TCP if the answer is truncated.
     pub async fn query_one(&self, msg: &[u8], server: SocketAddr) -> Result<Vec<u8>, UpstreamError> {
         let q = Query::parse(msg).map_err(|_| UpstreamError::BadQuery)?;
-        let (qname, qtype, qclass) = (q.qname_lower().to_vec(), q.qtype, q.qclass);
         self.stats.queries.fetch_add(1, Ordering::Relaxed);
-        let resp = self.udp(msg, server, &qname, qtype, qclass).await?;
+        let resp = self.udp(msg, server, &q).await?;
         if !Header(&resp).tc() {
             return Ok(resp);
         }
@@ -513,53 +491,20 @@ impl Upstreams {
             .await
             .map_err(|_| UpstreamError::Timeout(server))?
             .map_err(|e| UpstreamError::Io(server, e))?;
-        if !wire::response_matches(&resp, &qname, qtype, qclass) {
+        if !wire::response_matches(&resp, q.qname_lower(), q.qtype, q.qclass) {
             return Err(UpstreamError::Mismatch(server));
         }
         Ok(resp)
     }
 
-    async fn udp(
-        &self,
-        msg: &[u8],
-        server: SocketAddr,
-        qname: &[u8],
-        qtype: u16,
-        qclass: u16,
-    ) -> Result<Vec<u8>, UpstreamError> {
-        let fam = match server {
-            SocketAddr::V4(_) => &self.v4,
-            SocketAddr::V6(_) => match &self.v6 {
-                Some(f) => f,
-                None => {
-                    return Err(UpstreamError::Io(server, io::Error::other("IPv6 is not available")));
-                }
-            },
+    async fn udp(&self, msg: &[u8], server: SocketAddr, q: &Query<'_>) -> Result<Vec<u8>, UpstreamError> {
+        let Some(fam) = self.family(server) else {
+            return Err(UpstreamError::Io(server, io::Error::other("IPv6 is not available")));
         };
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % fam.slots.len();
-        let slot = fam.slots[i].load_full();
+        let slot = self.pick_slot(fam);
         let sock = &slot.sock;
         let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let mut id: u16 = rand::random();
-            let mut tries = 0;
-            while p.contains_key(&(fam.v6, slot.port, id)) && tries < 64 {
-                id = rand::random();
-                tries += 1;
-            }
-            p.insert(
-                (fam.v6, slot.port, id),
-                Pending {
-                    server,
-                    qname_lower: qname.to_vec(),
-                    qtype,
-                    qclass,
-                    waiter: Waiter::Task(tx),
-                },
-            );
-            id
-        };
+        let id = self.register(fam, &slot, server, q, Waiter::Task(tx));
         let mut out = msg.to_vec();
         wire::set_id(&mut out, id);
         if let Err(e) = sock.send_to(&out, server).await {
@@ -574,6 +519,43 @@ impl Upstreams {
                 Err(UpstreamError::Timeout(server))
             }
         }
+    }
+
+    /// The socket pool for `server`'s address family, if there is one.
+    fn family(&self, server: SocketAddr) -> Option<&Family> {
+        match server {
+            SocketAddr::V4(_) => Some(&self.v4),
+            SocketAddr::V6(_) => self.v6.as_ref(),
+        }
+    }
+
+    /// The next socket of a pool, round robin.
+    fn pick_slot(&self, fam: &Family) -> Arc<Slot> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % fam.slots.len();
+        fam.slots[i].load_full()
+    }
+
+    /// Records a query about to be sent on `slot` under a random ID that no
+    /// other pending query of that socket holds; returns the ID.
+    fn register(&self, fam: &Family, slot: &Slot, server: SocketAddr, q: &Query<'_>, waiter: Waiter) -> u16 {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut id: u16 = rand::random();
+        let mut tries = 0;
+        while p.contains_key(&(fam.v6, slot.port, id)) && tries < 64 {
+            id = rand::random();
+            tries += 1;
+        }
+        p.insert(
+            (fam.v6, slot.port, id),
+            Pending {
+                server,
+                qname_lower: q.qname_lower().to_vec(),
+                qtype: q.qtype,
+                qclass: q.qclass,
+                waiter,
+            },
+        );
+        id
     }
 
     fn remove(&self, key: PendingKey) {
