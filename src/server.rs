@@ -430,8 +430,9 @@ pub async fn serve_udp(sock: Arc<UdpSocket>, shared: Arc<Shared>) {
     }
 }
 
-/// One datagram: the answer to send now, if it is ready; misses go to a task
-/// that sends its own answer.
+/// One datagram: the answer to send now, if it is ready. A miss is queued for
+/// the upstream in `upstream_out` (answered by the upstream reader) or handed
+/// to a task; either sends its own answer later.
 fn udp_packet(
     sock: &Arc<UdpSocket>,
     shared: &Arc<Shared>,

@@ -1776,20 +1776,7 @@ fn invalid_route_sets_are_refused_at_start_naming_the_route() {
     for (what, routes) in cases {
         let yaml = config_yaml(&routes);
         let config = write_config(&yaml);
-        let (status, log) = Proxy::run_to_exit(
-            &[
-                "serve",
-                "--config",
-                config.arg(),
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                &upstream,
-            ],
-            Duration::from_secs(10),
-        );
-        let status = status.unwrap_or_else(|| panic!("{what}: still running after 10 s:\n{log}"));
-        assert!(!status.success(), "{what}: exit status {status}:\n{log}");
+        let log = refused_at_start(what, &config, &upstream);
         // The route is named by its source, or by its position in the file.
         let lower = log.to_ascii_lowercase();
         let by_name = routes.iter().any(|r| lower.contains(&r.source.to_ascii_lowercase()));
@@ -1802,6 +1789,13 @@ fn invalid_route_sets_are_refused_at_start_naming_the_route() {
     // A misspelt key inside executorPrivateDNS.
     let yaml = config_yaml(&[route("typo.corp.example", "x.public.test")]).replace("destination:", "destiantion:");
     let config = write_config(&yaml);
+    let log = refused_at_start("typo", &config, &upstream);
+    assert!(log.contains("destiantion"), "typo: the error must name the key:\n{log}");
+}
+
+/// Runs `serve` on `config` and asserts that it exits non-zero by itself
+/// within 10 s; returns its log.
+fn refused_at_start(what: &str, config: &ConfigFile, upstream: &str) -> String {
     let (status, log) = Proxy::run_to_exit(
         &[
             "serve",
@@ -1810,13 +1804,13 @@ fn invalid_route_sets_are_refused_at_start_naming_the_route() {
             "--listen",
             "127.0.0.1:0",
             "--upstream",
-            &upstream,
+            upstream,
         ],
         Duration::from_secs(10),
     );
-    let status = status.unwrap_or_else(|| panic!("typo: still running after 10 s:\n{log}"));
-    assert!(!status.success(), "typo: exit status {status}:\n{log}");
-    assert!(log.contains("destiantion"), "typo: the error must name the key:\n{log}");
+    let status = status.unwrap_or_else(|| panic!("{what}: still running after 10 s:\n{log}"));
+    assert!(!status.success(), "{what}: exit status {status}:\n{log}");
+    log
 }
 
 /// 1-based numbers of the lines that belong to route entries in `yaml`.

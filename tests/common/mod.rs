@@ -608,23 +608,7 @@ impl Proxy {
 
     /// Waits until a captured line contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut inner = self.log.inner.lock().unwrap();
-        loop {
-            if inner.lines.iter().any(|(_, l)| l.contains(needle)) {
-                return true;
-            }
-            let now = Instant::now();
-            if now > deadline {
-                return false;
-            }
-            inner = self
-                .log
-                .cond
-                .wait_timeout(inner, (deadline - now).min(Duration::from_millis(50)))
-                .unwrap()
-                .0;
-        }
+        self.wait_for_log_count(needle, 0, timeout)
     }
 
     pub fn pid(&self) -> u32 {
